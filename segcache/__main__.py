@@ -1,0 +1,5 @@
+import sys
+
+from segcache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""CLI subcommands of segcache.bench."""
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add this package's subcommands; each sets args.run to a function(args) -> exit code."""
