@@ -1,7 +1,14 @@
-"""CLI subcommands of segcache.bench."""
+"""CLI subcommands of segcache.bench: `segcache bench <benchmark>`."""
 
 import argparse
 
+from segcache.bench import agents, hit
+
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands; each sets args.run to a function(args) -> exit code."""
+    """Add `bench` and its own benchmarks below it; each sets args.run to a function(args) -> exit code."""
+    bench = commands.add_parser("bench", help="benchmarks against real peers",
+                                description="Benchmarks: each runs real servers on loopback and prints figures.")
+    bench_subcommands = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    agents.register(bench_subcommands)  # segcache bench agents
+    hit.register(bench_subcommands)     # segcache bench hit

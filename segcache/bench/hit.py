@@ -1,0 +1,5 @@
+"""segcache bench hit (being written)."""
+
+
+def register(subcommands):
+    pass
