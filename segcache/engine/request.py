@@ -1,0 +1,76 @@
+"""What the engine is asked to do and what it answers: plain dataclasses, no HTTP, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from segcache.engine.prompt import SegmentText
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0          # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    text: SegmentText
+    ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    tenant: str
+    kind: str                                  # chat | completion | warm
+    segments: tuple[SegmentInput, ...] = ()
+    messages: tuple[dict, ...] = ()
+    prompt: str | None = None                  # completion only
+    sampling: SamplingParams = SamplingParams(max_tokens=16)
+    reject_split: bool = False                 # segment_boundary == "reject"
+    pin: bool = False                          # warm only
+    keep_logits: bool = False                  # return the first-token logits (tests, audits)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    id: str | None
+    hash: str | None
+    tokens: int
+    cached_tokens: int
+    status: str                                # hit | partial | computed
+    reason: str | None                         # None on a hit; new | evicted | expired | boundary | prefix_miss
+
+
+@dataclass(frozen=True)
+class PromptReport:
+    """Sent once the prompt is prefilled: everything about the input side."""
+    prompt_tokens: int
+    cached_tokens: int                         # tokens whose KV came from the cache (never run in prefill)
+    receipts: tuple[Receipt, ...]
+    parts: tuple[dict, ...]                    # kind, role, id, hash, text, tokens, cached_tokens (trace log)
+    chain_hash: str | None                     # key of the last cached node: the warm endpoint's root_hash
+    expires_at: float | None                   # earliest expiry (unix time) along the cached chain
+    prefill_s: float
+    queue_s: float
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str                         # stop | length
+    completion_tokens: int
+    text: str
+    decode_s: float
+    first_logits: object | None = None         # a torch tensor when keep_logits
+    token_ids: tuple[int, ...] = field(default=())
+
+
+Event = PromptReport | TextDelta | Finished

@@ -1,0 +1,60 @@
+"""The FastAPI app factory; the model loads in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from segcache.cache.registry import Registry
+from segcache.config import ServeConfig
+from segcache.engine.engine import Engine
+from segcache.server.auth import KeyMap
+from segcache.server.errors import install_error_handlers
+from segcache.server.metrics import Metrics
+from segcache.server.services import Services
+
+log = logging.getLogger("segcache")
+
+
+def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
+    """`engine` lets a test share one loaded model between apps; normally the lifespan builds it."""
+    keys = KeyMap.load(config.api_keys)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_engine = engine is None
+        services = Services(config=config, engine=engine or Engine(config), keys=keys, metrics=Metrics(),
+                            registry=Registry(), trace=_trace_writer(config))
+        services.engine.evictions.append(services.metrics.observe_evictions)
+        app.state.services = services
+        _announce(services)
+        yield
+        if own_engine:
+            services.engine.close()
+
+    app = FastAPI(title="segcache", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    from segcache.server import cache_routes, routes
+
+    app.include_router(routes.router)
+    app.include_router(cache_routes.router)
+    return app
+
+
+def _trace_writer(config: ServeConfig):
+    if not config.trace_file:
+        return None
+    from segcache.trace.log import TraceWriter
+
+    return TraceWriter(config.trace_file)
+
+
+def _announce(services: Services) -> None:
+    loaded, config = services.engine.loaded, services.config
+    tenancy = (f"{len(services.keys.tenants)} tenants, {len(services.keys.keys)} API keys"
+               if services.keys.multi_tenant else "single tenant: no API keys configured, any key accepted")
+    cache = f"cache {config.cache_bytes} bytes" if config.cache_enabled else "cache off (--cache-bytes 0)"
+    log.warning("segcache: model %s (%s, context %d), %s, %s", loaded.model_id, loaded.dtype_name,
+                loaded.max_context, cache, tenancy)

@@ -1,0 +1,150 @@
+"""Cache control routes: warm, inspect, clear, the named registry, metrics."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from segcache.engine.request import EngineRequest, PromptReport
+from segcache.server import protocol
+from segcache.server.errors import ApiError
+from segcache.server.protocol import RegistryPut, SegmentRef, WarmRequest
+from segcache.server.segments import resolve_segments
+from segcache.server.services import Services, services_of
+
+router = APIRouter()
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@router.post("/v1/cache/warm")
+async def warm(body: WarmRequest, request: Request) -> dict:
+    services = services_of(request)
+    tenant = services.tenant(request)
+    services.check_model(body.model)
+    segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
+    report = await _warm(services, tenant, segments, body.pin, body.segment_boundary == "reject")
+    cached = sum(1 for r in report.receipts if services.config.cache_enabled and r.tokens >= 0)
+    return {"object": "cache.warm", "model": services.engine.loaded.model_id, "cached_segments": cached,
+            "root_hash": report.chain_hash, "expires_at": report.expires_at, "pinned": body.pin,
+            "prompt_tokens": report.prompt_tokens, "cached_prefix_tokens": report.cached_tokens,
+            "segments": [protocol.receipt_json(r) for r in report.receipts]}
+
+
+async def _warm(services: Services, tenant: str, segments, pin: bool, reject_split: bool) -> PromptReport:
+    engine_request = EngineRequest(tenant=tenant, kind="warm", segments=segments, pin=pin, reject_split=reject_split)
+    async for event in services.engine.stream(engine_request):
+        if isinstance(event, PromptReport):
+            return event
+    raise ApiError(500, "the engine finished a warm request without a report", "internal_error")
+
+
+@router.get("/v1/cache")
+async def inspect(request: Request, format: str = "json"):
+    services = services_of(request)
+    tenant = services.tenant(request)
+    engine = services.engine
+    scope = engine.scope(tenant)
+    with engine.tree_lock:
+        if format == "text":
+            return PlainTextResponse(engine.tree.render_text(scope) if scope in engine.tree.scopes() else "(empty)\n")
+        nodes = [_node_json(depth, node) for depth, node in engine.tree.iter_nodes(scope)] \
+            if scope in engine.tree.scopes() else []
+    return {"object": "cache", "tenant": tenant, "model": engine.loaded.model_id, "scope": scope,
+            "num_nodes": len(nodes), "tokens": sum(n["tokens"] for n in nodes),
+            "bytes": sum(n["bytes"] for n in nodes), "capacity_bytes": services.config.cache_bytes,
+            "nodes": nodes}
+
+
+@router.delete("/v1/cache")
+async def clear(request: Request) -> dict:
+    services = services_of(request)
+    tenant = services.tenant(request)
+    engine = services.engine
+    scope = engine.scope(tenant)
+    with engine.tree_lock:
+        if scope not in engine.tree.scopes():
+            freed = 0
+        else:
+            try:
+                freed = engine.tree.remove_scope(scope)
+            except (AssertionError, RuntimeError, ValueError) as exc:
+                raise ApiError(409, "a running request is using this cache; retry when it finishes",
+                               "cache_in_use") from exc
+        engine.segment_store.clear(tenant)
+    return {"object": "cache.cleared", "tenant": tenant, "freed_bytes": freed}
+
+
+# ---------------------------------------------------------------- registry
+
+
+@router.put("/v1/segments/{name}")
+async def put_segment(name: str, body: RegistryPut, request: Request) -> dict:
+    services = services_of(request)
+    tenant = services.tenant(request)
+    _check_name(name)
+    tokens = len(services.engine.loaded.tokenizer(body.content, add_special_tokens=False)["input_ids"])
+    entry = services.registry.put(tenant, name, body.content, tokens, body.ttl_seconds, body.pin)
+    services.engine.segment_store.put(tenant, entry.hash, entry.content)
+    if body.pin:
+        refs = [SegmentRef(name=name)]
+        await _warm(services, tenant, resolve_segments(refs, tenant, services.engine.segment_store,
+                                                       services.registry), True, False)
+    return _entry_json(entry)
+
+
+@router.get("/v1/segments")
+async def list_segments(request: Request) -> dict:
+    services = services_of(request)
+    tenant = services.tenant(request)
+    return {"object": "list", "data": [_entry_json(e) for e in services.registry.list(tenant)]}
+
+
+@router.get("/v1/segments/{name}")
+async def get_segment(name: str, request: Request) -> dict:
+    services = services_of(request)
+    entry = services.registry.get(services.tenant(request), name)
+    if entry is None:
+        raise ApiError(404, f"no segment is registered under the name {name!r}", "segment_not_found", "name")
+    return {**_entry_json(entry), "content": entry.content}
+
+
+@router.delete("/v1/segments/{name}")
+async def delete_segment(name: str, request: Request) -> dict:
+    services = services_of(request)
+    if not services.registry.delete(services.tenant(request), name):
+        raise ApiError(404, f"no segment is registered under the name {name!r}", "segment_not_found", "name")
+    return {"object": "segment.deleted", "name": name, "deleted": True}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    services = services_of(request)
+    tenant = services.tenant(request) if services.keys.multi_tenant else None
+    engine = services.engine
+    with engine.tree_lock:
+        used, nodes = engine.tree.used_bytes, engine.tree.num_nodes
+    text = services.metrics.render(used, services.config.cache_bytes, nodes, engine.queue_depth, tenant)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ApiError(400, f"segment name {name!r} is not allowed: use 1-128 letters, digits, '.', '_', ':' "
+                       "or '-', starting with a letter or digit", "invalid_segment_name", "name")
+
+
+def _entry_json(entry) -> dict:
+    return {"object": "segment", "name": entry.name, "hash": entry.hash, "tokens": entry.tokens,
+            "ttl_seconds": entry.ttl_seconds, "pin": entry.pin, "updated_at": entry.updated_at}
+
+
+def _node_json(depth: int, node) -> dict:
+    return {"depth": depth, "key": node.key, "label": node.label, "start": node.start,
+            "tokens": len(node.token_ids), "bytes": node.num_bytes, "hits": node.hits,
+            "locked": node.lock_count > 0, "pinned": node.pinned, "expires_at": node.expires_at,
+            "last_access": node.last_access, "children": len(node.children)}

@@ -1,0 +1,182 @@
+"""Request and response shapes at the HTTP edge. Pydantic lives here only; the engine sees dataclasses."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from segcache.engine.request import PromptReport, Receipt, SamplingParams
+
+
+class _Lenient(BaseModel):
+    # OpenAI clients send fields we do not act on (user, logprobs, ...): accept them quietly.
+    model_config = ConfigDict(extra="allow")
+
+
+class SegmentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    hash: str | None = None
+    content: str | None = None
+    name: str | None = None
+    ttl_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SegmentRef":
+        if self.content is None and self.hash is None and self.name is None:
+            raise ValueError("a segment needs `content`, `hash` or `name`")
+        if self.name is not None and (self.content is not None or self.hash is not None):
+            raise ValueError("a segment given by `name` takes its content from the registry: "
+                             "send `name` alone, or `hash`/`content` without `name`")
+        return self
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Generation(_Lenient):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="segcache generates one choice per request")
+    segments: list[SegmentRef] = Field(default_factory=list)
+    segment_boundary: Literal["reprocess", "reject"] = "reprocess"
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return SamplingParams(max_tokens=self.max_tokens_or(default_max_tokens), temperature=self.temperature,
+                              top_p=self.top_p, seed=self.seed, stop=tuple(stops))
+
+    def max_tokens_or(self, default: int) -> int:
+        return self.max_tokens or default
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def max_tokens_or(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+    def plain_messages(self) -> tuple[dict, ...]:
+        # "developer" is OpenAI's newer name for the system role.
+        return tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                     for m in self.messages)
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value):
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("segcache takes one prompt per request")
+        return value
+
+    def prompt_text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+
+class WarmRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    segments: list[SegmentRef] = Field(min_length=1)
+    pin: bool = False
+    segment_boundary: Literal["reprocess", "reject"] = "reprocess"
+
+
+class RegistryPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: str
+    ttl_seconds: float | None = Field(default=None, gt=0)
+    pin: bool = False
+
+
+# ---------------------------------------------------------------- responses
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(report: PromptReport, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": report.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": report.prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": report.cached_tokens},
+        "input_tokens": report.prompt_tokens,
+        "output_tokens": completion_tokens,
+        "cached_prefix_tokens": report.cached_tokens,
+        "segments": [receipt_json(r) for r in report.receipts],
+    }
+
+
+def receipt_json(receipt: Receipt) -> dict:
+    return {"id": receipt.id, "hash": receipt.hash, "tokens": receipt.tokens,
+            "cached_tokens": receipt.cached_tokens, "status": receipt.status, "reason": receipt.reason}
+
+
+def chat_completion(id_: str, model: str, text: str, finish_reason: str, usage_: dict, timings: dict) -> dict:
+    return {"id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason, "logprobs": None}],
+            "usage": usage_, "timings": timings}
+
+
+def chat_chunk(id_: str, model: str, delta: dict, finish_reason: str | None = None) -> dict:
+    return {"id": id_, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+
+
+def text_completion(id_: str, model: str, text: str, finish_reason: str, usage_: dict, timings: dict) -> dict:
+    return {"id": id_, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
+            "usage": usage_, "timings": timings}
+
+
+def text_chunk(id_: str, model: str, text: str, finish_reason: str | None = None) -> dict:
+    return {"id": id_, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
+
+
+def usage_chunk(id_: str, model: str, object_: str, usage_: dict) -> dict:
+    return {"id": id_, "object": object_, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage_}
