@@ -1,0 +1,44 @@
+"""The segment-tree metric: what segcache's own SegmentTree would reuse, part by part.
+
+Each request's parts walk the tree exactly as the server's do (a child matches on part key AND token
+ids); the request's chain is then inserted. Only input parts are cached: the server keeps no KV from
+decoding, so a reply is reused only once it comes back as an assistant message and has been
+prefilled as a part. With a pool size, the tree evicts least-recently-used leaves, a node weighing
+its token count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from segcache.cache.keys import part_key
+from segcache.cache.tree import PartSpec, SegmentTree
+from segcache.trace.records import Part
+
+UNLIMITED = 1 << 62
+_SCOPE = "trace-analysis"
+
+
+def part_specs(parts: Sequence[Part], part_token_ids: Sequence[tuple[int, ...]]) -> list[PartSpec]:
+    """The tree's view of a request: (key, token ids) per non-empty part, as the server builds them."""
+    return [PartSpec(part_key(p.kind, p.role or "", p.text), ids)
+            for p, ids in zip(parts, part_token_ids) if p.text or ids]
+
+
+def tree_hits(requests: Sequence[Sequence[PartSpec]], pool_tokens: int | None = None) -> list[int]:
+    """Tokens each request would read from the tree, in order, starting from an empty cache."""
+    clock = [0.0]
+    tree = SegmentTree(UNLIMITED if pool_tokens is None else pool_tokens, clock=lambda: clock[0])
+    root = tree.root(_SCOPE)  # type: ignore[arg-type]
+    hits = []
+    for specs in requests:
+        clock[0] += 1.0
+        match = tree.match(_SCOPE, specs)  # type: ignore[arg-type]
+        hits.append(match.num_tokens)
+        chain, node = list(match.nodes), (match.nodes[-1] if match.nodes else root)
+        for spec in specs[len(match.nodes):]:
+            node = tree.insert(node, spec, payload=None, num_bytes=len(spec.token_ids))
+            chain.append(node)
+        tree.touch(chain)
+        tree.evict_to_capacity()
+    return hits
