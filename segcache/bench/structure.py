@@ -3,8 +3,8 @@
 Servers report their own reuse (or do not); these models say what it should be, so the report
 can check every figure against the workload:
 
-    rendered prompt   <|im_start|>system\\n | A\\n\\n | B\\n\\n | D | <|im_end|>\\n | <|im_start|>user... | <|im_start|>assistant\\n
-    parts (segments)  head                 | A      | B      | D | system end   | message            | generation prompt
+    rendered prompt   <|im_start|>system\\n | A | \\n\\nB | \\n\\nD | <|im_end|>\\n | <|im_start|>user... | <|im_start|>assistant\\n
+    parts (segments)  head                 | A | B      | D      | system end   | message            | generation prompt
     parts (messages)  system message (one part: A, B and D together)           | message            | generation prompt
 
 A part tree reuses the longest chain of parts seen before; a prefix cache reuses the longest common
@@ -93,7 +93,7 @@ class ReuseModel:
 
 def _segment_parts(workload: Workload, step: Step) -> list[str]:
     blocks = workload.blocks_of(step)
-    texts = [block.text + "\n\n" for block in blocks[:-1]] + [blocks[-1].text]
+    texts = [blocks[0].text] + ["\n\n" + block.text for block in blocks[1:]]
     return ["<|im_start|>system\n"] + texts + ["<|im_end|>\n"]
 
 
