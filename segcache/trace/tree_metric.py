@@ -1,7 +1,8 @@
 """The segment-tree metric: what segcache's own SegmentTree would reuse, part by part.
 
 Each request's parts walk the tree exactly as the server's do (a child matches on part key AND token
-ids); the request's chain is then inserted. Only input parts are cached: the server keeps no KV from
+ids; the last part is always computed, since its logits start the reply); the request's whole chain
+is then inserted. Only input parts are cached: the server keeps no KV from
 decoding, so a reply is reused only once it comes back as an assistant message and has been
 prefilled as a part. With a pool size, the tree evicts least-recently-used leaves, a node weighing
 its token count.
@@ -33,7 +34,7 @@ def tree_hits(requests: Sequence[Sequence[PartSpec]], pool_tokens: int | None = 
     hits = []
     for specs in requests:
         clock[0] += 1.0
-        match = tree.match(_SCOPE, specs)  # type: ignore[arg-type]
+        match = tree.match(_SCOPE, specs[:-1])  # type: ignore[arg-type]
         hits.append(match.num_tokens)
         chain, node = list(match.nodes), (match.nodes[-1] if match.nodes else root)
         for spec in specs[len(match.nodes):]:

@@ -16,3 +16,11 @@ def write_jsonl(tmp_path: Path):
         path.write_text("".join(json.dumps(record) + "\n" for record in records))
         return path
     return write
+
+
+@pytest.fixture(scope="session")
+def served_tokenizer(model_dir):
+    """The default model's tokenizer, as `segcache analyze` loads it."""
+    from segcache.trace.tokens import load_tokenizer
+
+    return load_tokenizer("default")

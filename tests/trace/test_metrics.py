@@ -74,17 +74,26 @@ def test_reply_counts_for_prefix_but_the_tree_recomputes_it():
 def test_lru_pool_forgets_the_least_recently_used_tokens():
     a, b = words("a", 20), words("b", 20)
     trace = trace_of({"input": a, "output": ""}, {"input": b, "output": ""}, {"input": a, "output": ""})
-    assert hits(run(trace))[2] == (20, 20, 20, 20)
-    # Pool of 30: adding B evicts A's ten longest prefixes (the prefix pool stays prefix-closed), A's first
-    # four 4-grams, and A's whole part (the tree evicts whole leaves).
+    assert hits(run(trace))[2] == (20, 20, 20, 0)  # one part, the last: the server always computes it
+    # Pool of 30: adding B evicts A's ten longest prefixes (the prefix pool stays prefix-closed) and A's
+    # first four 4-grams.
     assert hits(run(trace, pool_tokens=30))[2] == (20, 10, 16, 0)
 
 
+def test_lru_tree_evicts_whole_least_recently_used_parts():
+    a, b, q = ("user", words("a", 17)), ("user", words("b", 17)), ("user", words("q", 1))  # 20 and 4 tokens
+    trace = trace_of({"input": chatml_input(a, q), "output": ""}, {"input": chatml_input(b, q), "output": ""},
+                     {"input": chatml_input(a, q), "output": ""})
+    assert hits(run(trace))[2][3] == 24
+    assert hits(run(trace, pool_tokens=40))[2][3] == 0  # B's 26-token chain pushed out A's 26-token chain
+    assert hits(run(trace, pool_tokens=60))[2][3] == 24
+
+
 def test_hit_rates_count_the_first_request_in_the_denominator():
-    trace = trace_of({"input": words("w", 10), "output": ""}, {"input": words("w", 10), "output": ""})
-    analysis = run(trace)
-    assert analysis.input_tokens == 20 and analysis.hit_rate("prefix") == 0.5
-    assert analysis.hit_rate("tree") == 0.5 and analysis.hit_rate("substring") == 0.4
+    same = {"input": chatml_input(("user", words("w", 7))), "output": ""}  # 10 + 2 tokens
+    analysis = run(trace_of(same, same))
+    assert analysis.input_tokens == 24 and analysis.hit_rate("prefix") == 0.5
+    assert analysis.hit_rate("tree") == 10 / 24 and analysis.hit_rate("substring") == 12 / 24
     assert np.allclose(analysis.cumulative_rate("prefix"), [0.0, 0.5])
 
 
