@@ -179,5 +179,5 @@ def _tokenize(tokenizer, parts: list[Part], reject_split: bool, add_special_toke
 def _reject(part: Part) -> None:
     name = part.label or f"#{part.segment_index}"
     raise PromptError(f"segment {name!r} does not end on a token boundary: its last characters merge with "
-                      "what follows into one token. End it with a newline or space, or send "
-                      "segment_boundary='reprocess'", "segment_boundary_split", param="segments")
+                      "what follows into one token. Move trailing spaces to the start of what follows, end the "
+                      "segment with punctuation or a newline, or send segment_boundary='reprocess'", "segment_boundary_split", param="segments")

@@ -1,0 +1,95 @@
+"""The central invariant, on the real model: any cache state gives the answer of no cache, bit for bit.
+
+For each request of a sequence, an engine whose cache the sequence keeps filling and an engine with
+`--cache-bytes 0` must produce identical greedy token ids and identical first-token logits, in
+float32 and in bfloat16. And the tokens reported as cached must be exactly those prefill skipped.
+"""
+
+import pytest
+import torch
+
+from segcache.cache.keys import segment_hash
+from segcache.config import ServeConfig
+from segcache.engine.engine import Engine
+from segcache.engine.prompt import SegmentText
+from segcache.engine.request import EngineRequest, Finished, PromptReport, SamplingParams, SegmentInput
+
+RULES = "You are a careful engineering assistant. Answer in one short sentence and name the file you would change."
+BACKEND = "Backend agent: you own the HTTP API in server.py and the schema in db.py."
+FRONTEND = "Frontend agent: you own the React components in ui/ and the styles."
+
+
+def seg(content: str, id_: str) -> SegmentInput:
+    return SegmentInput(SegmentText(content, id_, segment_hash(content)))
+
+
+def chat(segments, messages, max_tokens=8) -> EngineRequest:
+    return EngineRequest("tenant", "chat", tuple(segments), tuple(messages),
+                         sampling=SamplingParams(max_tokens=max_tokens, temperature=0), keep_logits=True)
+
+
+def completion(segments, prompt, max_tokens=6) -> EngineRequest:
+    return EngineRequest("tenant", "completion", tuple(segments), prompt=prompt,
+                         sampling=SamplingParams(max_tokens=max_tokens, temperature=0), keep_logits=True)
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def engines(request, load):
+    loaded = load("default", request.param)
+    cached = Engine(ServeConfig(model="default", dtype=request.param, cache_bytes=1 << 30), loaded=loaded)
+    uncached = Engine(ServeConfig(model="default", dtype=request.param, cache_bytes=0), loaded=loaded)
+    yield cached, uncached
+    cached.close()
+    uncached.close()
+
+
+def run_both(engines, request: EngineRequest) -> tuple[PromptReport, Finished]:
+    cached, uncached = engines
+    before = cached.executor.runner.num_prefill_tokens
+    report, *_, finished = cached.run(request)
+    skipped = report.prompt_tokens - (cached.executor.runner.num_prefill_tokens - before)
+    base_report, *_, base = uncached.run(request)
+    assert base_report.cached_tokens == 0
+    assert finished.token_ids == base.token_ids
+    assert torch.equal(finished.first_logits, base.first_logits), "first-token logits differ"
+    assert report.cached_tokens == skipped, "reported cached tokens must be the tokens prefill skipped"
+    cached.tree.check()
+    return report, finished
+
+
+def test_segments_across_agents_match_the_uncached_answer(engines):
+    first, _ = run_both(engines, chat([seg(RULES, "A"), seg(BACKEND, "B")], [{"role": "user", "content": "Add a health endpoint."}]))
+    assert first.cached_tokens == 0
+    second, _ = run_both(engines, chat([seg(RULES, "A"), seg(FRONTEND, "C")], [{"role": "user", "content": "Fix the login button."}]))
+    assert [r.status for r in second.receipts] == ["hit", "computed"]
+    third, _ = run_both(engines, chat([seg(RULES, "A"), seg(BACKEND, "B")], [{"role": "user", "content": "Fix the login button."}]))
+    assert [r.status for r in third.receipts] == ["hit", "hit"]
+    assert third.cached_tokens > second.cached_tokens > 0
+
+
+def test_plain_multi_turn_chat_with_replies_fed_back(engines):
+    messages = [{"role": "user", "content": "Name a prime number."}]
+    previous_prompt = 0
+    for turn in range(3):
+        report, finished = run_both(engines, chat([], messages))
+        if turn:
+            assert report.cached_tokens >= previous_prompt - 4   # all but the old generation prompt
+        previous_prompt = report.prompt_tokens
+        messages += [{"role": "assistant", "content": finished.text}, {"role": "user", "content": "Another one?"}]
+
+
+def test_system_message_after_segments(engines):
+    messages = [{"role": "system", "content": "Reply in French."}, {"role": "user", "content": "Hello"}]
+    run_both(engines, chat([seg(RULES, "A")], messages))
+    report, _ = run_both(engines, chat([seg(RULES, "A")], [{"role": "user", "content": "Hello"}]))
+    assert report.receipts[0].status == "hit"
+
+
+def test_boundary_merge_is_recomputed_not_reused(engines):
+    stem = "The build failed because the test runner timed out while compil"
+    run_both(engines, completion([seg(stem, "S")], "ing the project."))
+    report, _ = run_both(engines, completion([seg(stem, "S")], "\nNext step:"))
+    receipt = report.receipts[0]
+    # "compil" + "ing" merge in the first request; before "\n" the segment ends on its own token,
+    # so its token ids differ and the engine recomputes the whole part.
+    assert (receipt.status, receipt.reason) == ("computed", "boundary")

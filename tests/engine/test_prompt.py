@@ -1,0 +1,61 @@
+"""Prompt assembly on the real tokenizer: parts cover the text, ids equal one joint tokenization."""
+
+import pytest
+
+from segcache.engine.model import load_tokenizer
+from segcache.engine.prompt import PromptError, SegmentText, build_chat_prompt, build_completion_prompt
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return load_tokenizer("default")
+
+
+def _template_ids(tokenizer, messages, add_generation_prompt=True):
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_segments_render_inside_one_system_turn(tokenizer):
+    segments = [SegmentText("Rule one.", "A"), SegmentText("Skill two.", "B")]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    prompt = build_chat_prompt(tokenizer, segments, messages)
+    expected = [{"role": "system", "content": "Rule one.\n\nSkill two.\n\nBe brief."}, {"role": "user", "content": "Hi"}]
+    assert prompt.token_ids == _template_ids(tokenizer, expected)
+    assert [p.kind for p in prompt.parts] == ["head", "segment", "segment", "message", "template", "message",
+                                              "generation"]
+    assert prompt.text.count("<|im_start|>system") == 1
+
+
+def test_each_message_is_its_own_part(tokenizer):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Bye"}]
+    prompt = build_chat_prompt(tokenizer, [], messages)
+    assert prompt.token_ids == _template_ids(tokenizer, messages)
+    assert [(p.kind, p.role) for p in prompt.parts] == [("message", "user"), ("message", "assistant"),
+                                                         ("message", "user"), ("generation", "assistant")]
+
+
+def test_a_token_straddling_a_boundary_belongs_to_the_later_part(tokenizer):
+    prompt = build_completion_prompt(tokenizer, [SegmentText("Hello wor", "A")], "ld peace")
+    joint = tokenizer("Hello world peace")["input_ids"]
+    assert prompt.token_ids == joint
+    segment, rest = prompt.parts
+    assert tokenizer.decode(list(segment.token_ids)) == "Hello"
+    assert tokenizer.decode(list(rest.token_ids)) == " world peace"
+
+
+def test_reject_policy_names_the_split_segment(tokenizer):
+    with pytest.raises(PromptError) as caught:
+        build_completion_prompt(tokenizer, [SegmentText("Hello wor", "greeting")], "ld", reject_split=True)
+    assert caught.value.code == "segment_boundary_split"
+    assert "greeting" in str(caught.value)
+    clean = build_completion_prompt(tokenizer, [SegmentText("Hello.", "greeting")], " world", reject_split=True)
+    assert clean.token_ids == tokenizer("Hello. world")["input_ids"]
+
+
+def test_part_keys_depend_on_text_and_kind(tokenizer):
+    one = build_chat_prompt(tokenizer, [SegmentText("A.", "a")], [{"role": "user", "content": "x"}])
+    two = build_chat_prompt(tokenizer, [SegmentText("A.", "other-id")], [{"role": "user", "content": "y"}])
+    assert [p.key for p in one.parts[:3]] == [p.key for p in two.parts[:3]]   # ids are labels only
+    assert one.parts[3].key != two.parts[3].key
