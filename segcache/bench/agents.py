@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from segcache.engine.model import load_tokenizer  # the default model's tokenizer sizes every block
 
+    load_before = os.getloadavg()[0]
     tokenizer = load_tokenizer("default")
     workload = build_workload(tokenizer, **_workload_settings(args))
     options = peers.PeerOptions(model=args.model, cache_bytes=args.cache_bytes, dtype=args.dtype)
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     summaries = [report.summarize(result) for result in results]
     ours = next((result for result in results if result.name == "segcache"), None)
     floor = measure_floor(ours, args.model, args.dtype) if ours else report.Floor(None, None)
-    body = _body(summaries, floor, workload, args)
+    body = _body(summaries, floor, workload, args, load_before)
     print("\n" + body, flush=True)
     _write_outputs(args, results, summaries, floor, body)
     return 0
@@ -92,26 +94,35 @@ def _describe(workload: Workload, log_dir: Path) -> str:
 
 
 def _body(summaries: list[report.SystemSummary], floor: report.Floor, workload: Workload,
-          args: argparse.Namespace) -> str:
+          args: argparse.Namespace, load_before: float) -> str:
     command = "segcache bench agents " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "agents"]
                                                     else _flags_of(args))
     notes = [
         f"Command: `{command.strip()}`",
         "",
         _describe(workload, Path("<log dir>")).split("; server logs")[0] + ".",
-        "segcache runs the default model's weights dequantized from the GGUF (dtype "
-        f"{args.dtype}); llama-cpp-python runs the same GGUF with its Q4_1 weights as they are.",
+        _models_note(args),
+        f"Machine: {os.cpu_count()} cores; load average {load_before:.1f} before the run, "
+        f"{os.getloadavg()[0]:.1f} after (other work on the machine slows every system, llama.cpp most).",
         "Reused tokens: segcache from `usage.cached_prefix_tokens`; llama-cpp-python from the "
         "`prefix-match hit` and `prompt eval` lines of its own log (source `server log`); `estimated` "
         "where a server said nothing. ≠ marks a total that disagrees with the workload's structure. "
-        "KV tokens held: prompt tokens the cache keeps by that structure (a prefix cache keeps a full "
-        "copy of the context per entry; a tree keeps each part once), with segcache's own byte count.",
+        "KV held: prompt tokens the cache keeps by that structure (a prefix cache keeps a full copy of the "
+        "context per entry; a tree keeps each part once), and the bytes by each server's own account "
+        "(segcache: GET /v1/cache; llama-cpp-python: the state sizes its log reports saving).",
         "",
         report.table(summaries),
         "",
         *report.ratios(summaries, floor),
     ]
     return "\n".join(notes)
+
+
+def _models_note(args: argparse.Namespace) -> str:
+    ours = ("segcache runs SmolLM2-135M-Instruct dequantized from the GGUF to dense weights (dtype "
+            f"{args.dtype})" if args.model == "default" else
+            "segcache runs the tiny randomly initialised model (mechanics only, not comparable)")
+    return ours + "; llama-cpp-python runs the same GGUF with its Q4_1 weights as they are."
 
 
 def _flags_of(args: argparse.Namespace) -> list[str]:

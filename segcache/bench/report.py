@@ -123,4 +123,4 @@ def _ratio(numerator: float, denominator: float) -> str:
 
 def _held(s: SystemSummary) -> str:
     held = f"{s.held_tokens}"
-    return held + (f" ({s.kv_bytes / _MIB:.0f} MiB)" if s.kv_bytes is not None else "")
+    return held + (f" ({s.kv_bytes / _MIB:.1f} MiB)" if s.kv_bytes is not None else "")

@@ -43,7 +43,7 @@ class SystemResult:
     total_s: float       # wall time of the whole workload, server start excluded
     startup_s: float
     peak_rss_bytes: int  # the server's process tree, sampled during the workload
-    kv_bytes: int | None  # KV the server says it holds at the end (segcache only)
+    kv_bytes: int | None  # cached KV bytes by the server's own account (None: it keeps no cache)
     held_tokens: int      # prompt tokens the cache holds by the workload's structure (each copy counted)
 
 
@@ -69,7 +69,7 @@ def run_system(spec: peers.SystemSpec, workload: Workload, tokenizer: Any, optio
             started = time.perf_counter()
             requests, held_tokens = _run_steps(spec, workload, tokenizer, client, model_id, server)
             total_s = time.perf_counter() - started
-        kv_bytes = _segcache_kv_bytes(server) if spec.usage_format == "segcache" else None
+        kv_bytes = _kv_bytes(spec, server, len(requests))
     finally:
         server.stop()
     return SystemResult(name=spec.name, requests=requests, total_s=total_s, startup_s=startup_s,
@@ -145,10 +145,13 @@ def _reported_usage(spec: peers.SystemSpec, streamed: _Streamed, server: peers.R
                              completion_tokens=None, source="estimated")
 
 
-def _segcache_kv_bytes(server: peers.RunningServer) -> int | None:
-    """Total KV bytes from GET /v1/cache, if the server's answer states them."""
-    answer = httpx.get(server.base_url + "/cache", timeout=30).json()
-    for key in ("bytes", "total_bytes", "bytes_in_use"):
-        if isinstance(answer.get(key), int):
-            return answer[key]
-    return None
+def _kv_bytes(spec: peers.SystemSpec, server: peers.RunningServer, num_requests: int) -> int | None:
+    """segcache: `bytes` from GET /v1/cache; llama-cpp-python: the state sizes its log says it saved."""
+    if spec.reuse_model in ("none", "prefix-last"):
+        return None
+    if spec.usage_format == "segcache":
+        return httpx.get(server.base_url + "/cache", timeout=30).json()["bytes"]
+    deadline = time.monotonic() + _LOG_WAIT_S  # the last state is saved after the last chunk went out
+    while usage.llamacpp_saved_states(server.read_log(0)) < num_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return usage.llamacpp_cached_bytes(server.read_log(0))

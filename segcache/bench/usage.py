@@ -21,6 +21,7 @@ _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\
 _PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
 _EVAL_RUNS = re.compile(r"(?<!prompt )eval time =\s*[\d.]+ ms /\s*(\d+) runs")
 _FULLY_CACHED = "Llama.generate: full prompt already cached"
+_STATE_SAVED = re.compile(r"Llama\.save_state: saving (\d+) bytes of llama state")
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,15 @@ def from_llamacpp_log(log_text: str, prompt_tokens: int | None = None) -> Prompt
         reused, computed = 0, int(evals[-1])
     return PromptUsage(prompt_tokens=reused + computed, reused_tokens=reused, completion_tokens=completion,
                        source="server log")
+
+
+def llamacpp_cached_bytes(log_text: str) -> int:
+    """Bytes of the states llama-cpp-python's RAM cache saved: one full context snapshot per request.
+
+    Its cache evicts only past its capacity (2 GiB by default), which this workload stays below.
+    """
+    return sum(int(n) for n in _STATE_SAVED.findall(log_text))
+
+
+def llamacpp_saved_states(log_text: str) -> int:
+    return len(_STATE_SAVED.findall(log_text))
