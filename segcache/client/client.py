@@ -24,7 +24,8 @@ logger = logging.getLogger("segcache.client")
 
 SEGMENT_MODES = ("auto", "segments", "inline")
 # Error codes of a server that understood the segments and refused them for a reason of its own.
-SEGMENT_ERROR_CODES = frozenset({"segment_not_found", "segment_hash_mismatch", "segment_boundary_split"})
+SEGMENT_ERROR_CODES = frozenset({"segment_not_found", "segment_hash_mismatch", "invalid_segment_hash",
+                                 "segment_boundary_split"})
 
 
 class Client:

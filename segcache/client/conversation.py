@@ -51,17 +51,19 @@ class Conversation:
         """Add a message the caller produced, e.g. a `tool` result for the last reply's tool call."""
         self.history.append(dict(message))
 
-    def compact(self, instruction: str, *, model: str | None = None,
+    def compact(self, instruction: str, *, model: str | None = None, client: Client | None = None,
                 response_format: Mapping[str, Any] | None = None, **options: Any) -> str:
         """Summarise the history with `instruction`, then replace the history with the summary.
 
         Cache-aligned: the same segments, tools and messages as the main loop, the instruction
         appended as a user message, `tool_choice` "none" so the model answers in text. A different
-        compaction model or structured output cannot share the main loop's cache, so those take the
-        plain path: the transcript as one user message, no segments, no tools.
+        compaction model (or server) or structured output cannot share the main loop's cache, so
+        those take the plain path: the transcript as one user message, no segments, no tools.
         """
-        if (model is not None and model != self.model) or response_format is not None:
-            summary = self._plain_summary(instruction, model or self.model, response_format, options)
+        other_model = (model is not None and model != self.model) or (client is not None and client is not self.client)
+        if other_model or response_format is not None:
+            summary = self._plain_summary(instruction, client or self.client, model or self.model,
+                                          response_format, options)
         else:
             if self.tools:
                 options = {**options, "tool_choice": "none"}
@@ -78,13 +80,13 @@ class Conversation:
                                               label=self.label, **request)
         return self.last_response
 
-    def _plain_summary(self, instruction: str, model: str, response_format: Mapping[str, Any] | None,
-                       options: dict[str, Any]) -> str:
+    def _plain_summary(self, instruction: str, client: Client, model: str,
+                       response_format: Mapping[str, Any] | None, options: dict[str, Any]) -> str:
         if response_format is not None:
             options = {**options, "response_format": dict(response_format)}
         messages = [{"role": "system", "content": PLAIN_SUMMARY_SYSTEM},
                     {"role": "user", "content": transcript(self.history) + "\n\n" + instruction}]
-        self.last_response = self.client.chat(model=model, messages=messages, label=self.label, **options)
+        self.last_response = client.chat(model=model, messages=messages, label=self.label, **options)
         return message_text(self.last_response.choices[0].message.content)
 
 
