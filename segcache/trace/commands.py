@@ -28,6 +28,24 @@ def register(commands: argparse._SubParsersAction) -> None:
                               "sizes when --pool-tokens is not given)")
     analyze.set_defaults(run=run_analyze)
 
+    replay = commands.add_parser("replay", help="replay a trace against a running segcache; compare what it "
+                                 "cached with the prediction", description=run_replay.__doc__)
+    replay.add_argument("trace", metavar="TRACE", help="a JSONL trace file")
+    replay.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    replay.add_argument("--api-key", default=None, help="API key to send (its tenant's cache is used)")
+    replay.add_argument("--model", default=None, help="model name to send (default: the first the server lists)")
+    replay.add_argument("--max-tokens-per-request", type=int, default=None, metavar="N",
+                        help="truncate each request's content to about N tokens (for a CPU model)")
+    replay.add_argument("--max-output-tokens", type=int, default=1, metavar="N",
+                        help="reply length to ask for; the trace's own replies are what later requests carry "
+                             "(default: 1)")
+    replay.add_argument("--keep-cache", action="store_true",
+                        help="do not clear this tenant's cache first (the prediction assumes an empty cache)")
+    replay.add_argument("--tokenizer", default="default", help="the served model's tokenizer, for the "
+                        "prediction: 'default', 'tiny', a model folder or .gguf file (default: default)")
+    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.set_defaults(run=run_replay)
+
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Per trace: the share of input tokens a prefix cache, a substring cache and segcache's segment tree
@@ -45,3 +63,27 @@ def run_analyze(args: argparse.Namespace) -> int:
         for path in write_outputs(analyzed, args.out):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Send a trace's requests to a running segcache in order (leading system block as a segment, the
+    rest as messages) and print, per request, the tokens the server read from its cache beside the tokens
+    analyze's segment-tree metric predicts. Exit status 1 if any request disagrees or fails."""
+    import httpx
+    import openai
+
+    from segcache.trace.readers import read_trace
+    from segcache.trace.replay_http import ReplayOptions, render_rows_json, render_rows_table, replay
+    from segcache.trace.tokens import load_transformers_tokenizer
+
+    options = ReplayOptions(url=args.url, api_key=args.api_key, model=args.model,
+                            max_tokens_per_request=args.max_tokens_per_request,
+                            max_output_tokens=args.max_output_tokens, keep_cache=args.keep_cache)
+    try:
+        trace = read_trace(args.trace)
+        rows = replay(trace, options, load_transformers_tokenizer(args.tokenizer))
+    except (OSError, ValueError, httpx.HTTPError, openai.APIError) as exc:
+        print(f"segcache replay: {exc}", file=sys.stderr)
+        return 2
+    print(render_rows_json(rows) if args.format == "json" else render_rows_table(rows))
+    return 0 if all(row.agrees for row in rows) else 1
