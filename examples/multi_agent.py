@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="multiply block sizes (1 = ~1.3k-token prompts)")
     parser.add_argument("--max-tokens", type=int, default=16, help="completion tokens per turn")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("segcache.client").setLevel(logging.INFO)  # the audit's one line per call
 
     audit = CacheAudit(prices=Prices(new=5.00, read=0.50, output=15.00))
     client = Client(args.url.rstrip("/") + "/v1", audit=audit)

@@ -6,7 +6,8 @@ Two record shapes are read, one JSON object per line:
 - OpenAI chat requests: `{"messages": [...], "tools"?: [...], "segments"?: [...], "model"?}`,
   optionally wrapped as `{"request": {...}, "response": {...}}`. They are rendered here the way
   segcache renders them (ChatML, segments inside the one system turn), with the tool definitions
-  first, where hosted APIs put them.
+  first, where hosted APIs put them. A hash-only segment takes the content an earlier line of the
+  log sent under that hash, as the server would.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ class LogFormatError(ValueError):
 def read_log(path: str | Path) -> list[LoggedPrompt]:
     """Every request in the log, in order; lines that hold no prompt (e.g. other endpoints) are skipped."""
     prompts: list[LoggedPrompt] = []
+    segment_texts: dict[str, str] = {}  # hash -> content, from earlier requests of the log
     for line_number, record in _records(Path(path)):
         if "request" in record and isinstance(record["request"], Mapping):
             record = record["request"]
         if isinstance(record.get("input"), str):
             prompts.append(from_trace(len(prompts) + 1, record))
         elif isinstance(record.get("messages"), list):
-            prompts.append(from_chat_request(len(prompts) + 1, record))
+            prompts.append(from_chat_request(len(prompts) + 1, record, segment_texts))
         elif not {"endpoint", "time"} & record.keys():
             raise LogFormatError(f"{path}:{line_number}: neither a segcache trace record (with 'input') nor a "
                                  "chat request (with 'messages')")
@@ -85,10 +87,14 @@ def from_trace(number: int, record: Mapping[str, Any]) -> LoggedPrompt:
     return LoggedPrompt(number, text, tuple(r for r in regions if r.end > r.start), tuple(record.get("tools") or ()))
 
 
-def from_chat_request(number: int, request: Mapping[str, Any]) -> LoggedPrompt:
-    """Render a chat request as ChatML: tools first, then the messages with segments in the system turn."""
+def from_chat_request(number: int, request: Mapping[str, Any], segment_texts: dict[str, str]) -> LoggedPrompt:
+    """Render a chat request as ChatML: tools first, then the messages with segments in the system turn.
+
+    `segment_texts` (hash -> content) resolves hash-only segments and learns the ones sent with content;
+    a hash never seen with content renders as the hash itself.
+    """
     tools = tuple(request.get("tools") or ())
-    segments = [Segment(s["content"], id=s.get("id")) for s in request.get("segments") or () if "content" in s]
+    segments = [_segment(s, segment_texts) for s in request.get("segments") or ()]
     pieces: list[tuple[str, Region]] = []
     if tools:
         pieces.append((f"<tools>\n{json.dumps(list(tools))}\n</tools>\n", Region(0, 0, "tools")))
@@ -97,6 +103,15 @@ def from_chat_request(number: int, request: Mapping[str, Any]) -> LoggedPrompt:
         pieces.append((render_message(message), Region(0, 0, "message", role, role == "system" and index > 0)))
     pieces.append(("<|im_start|>assistant\n", Region(0, 0, "template")))
     return _assemble(number, pieces, tools)
+
+
+def _segment(entry: Mapping[str, Any], segment_texts: dict[str, str]) -> Segment:
+    if "content" in entry:
+        segment = Segment(entry["content"], id=entry.get("id"))
+        segment_texts[segment.hash] = segment.content
+        return segment
+    reference = str(entry.get("hash") or entry.get("name"))
+    return Segment(segment_texts.get(reference, f"<segment {reference}>"), id=entry.get("id"))
 
 
 def render_message(message: Mapping[str, Any]) -> str:

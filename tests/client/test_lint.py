@@ -37,7 +37,8 @@ CASES = {
              chat(f"Working directory: /srv/build/checkout/shop\n\n{RULES}")],
     "order": [chat("Skills:\n- read: open files\n- grep: search text\n- write: save files\n\n" + RULES),
               chat("Skills:\n- write: save files\n- read: open files\n- grep: search text\n\n" + RULES)],
-    "whitespace": [chat(f"You are a careful engineer.\n\n{RULES}"), chat(f"You are a careful engineer.\n\n---\n\n{RULES}")],
+    "whitespace": [chat(f"You are a careful engineer.\n\n{RULES}"),
+                   chat(f"You are a careful engineer.\n\n---\n\n{RULES}")],
     "tool_schema": [chat(RULES, tools=TOOLS),
                     chat(RULES, tools=[TOOLS[0] | {"function": TOOLS[0]["function"] | {"description": "read a file"}},
                                        *TOOLS[1:]])],
@@ -142,3 +143,48 @@ def test_shared_tokens_counts_only_runs_of_min_run():
 def test_lint_classifies_the_text_at_the_divergence(tmp_path, tokenize, before, after, cause):
     found = only_cause(tmp_path, tokenize, [chat(f"{before}\n{RULES}"), chat(f"{after}\n{RULES}")])
     assert found.cause == cause
+
+
+def test_lint_on_a_real_trace_finds_the_front_loaded_date_and_passes_the_layout(serve, tmp_path, tokenize):
+    """Two sessions a day apart: env block first costs the whole prompt; PromptLayout's order costs nothing."""
+    import datetime as dt
+
+    from segcache.client import Client, PromptLayout, Stability
+
+    trace = tmp_path / "trace.jsonl"
+    server = serve("--model", "tiny", "--trace-file", str(trace))
+    client = Client(server.base_url)
+    model = client.openai.models.list().data[0].id
+    question = [{"role": "user", "content": "Fix the cart."}]
+    for day, cwd in [(dt.date(2024, 5, 6), "/home/ann/shop"), (dt.date(2024, 5, 7), "/srv/ci/shop")]:
+        env = f"Today is {day.isoformat()}. Working directory: {cwd}."
+        client.chat(model=model, messages=[{"role": "system", "content": f"{env}\n\n{RULES}"}, *question],
+                    max_tokens=2, temperature=0)
+    front_loaded = lint(read_log(trace), tokenize)
+    assert [c.cause for c in front_loaded.causes] == ["date"]
+    assert front_loaded.causes[0].tokens_lost >= len(tokenize(RULES))
+
+    first_lines = len(trace.read_text().splitlines())
+    for day, cwd in [(dt.date(2024, 5, 6), "/home/ann/shop"), (dt.date(2024, 5, 7), "/srv/ci/shop")]:
+        layout = PromptLayout(session_date=day).add("rules", RULES, Stability.GLOBAL).add_env(cwd=cwd)
+        client.chat(model=model, messages=question, segments=layout.segments(), max_tokens=2, temperature=0)
+    later = tmp_path / "later.jsonl"
+    later.write_text("".join(line + "\n" for line in trace.read_text().splitlines()[first_lines:]))
+    laid_out = lint(read_log(later), tokenize)
+    # Only what follows the volatile tail (the question, the template) is recomputed.
+    assert sum(c.tokens_lost for c in laid_out.causes) <= len(tokenize("<|im_end|>\n<|im_start|>user\nFix the "
+                                                                       "cart.<|im_end|>\n<|im_start|>assistant\n"))
+    assert laid_out.reusable_tokens >= len(tokenize(RULES))
+
+
+def test_lint_resolves_hash_only_segments_from_earlier_lines(tmp_path, tokenize):
+    from segcache.client import Segment
+
+    rules, env = Segment(RULES, id="rules"), Segment("date: 2024-05-01", id="env")
+    question = [{"role": "user", "content": "Go."}]
+    records = [{"messages": question, "segments": [rules.payload(True), env.payload(True)]},
+               {"messages": question, "segments": [rules.payload(False), Segment("date: 2024-05-02").payload(True)]}]
+    prompts = read_log(write_log(tmp_path, records))
+    assert prompts[1].text.startswith(f"<|im_start|>system\n{RULES}\n\ndate: 2024-05-02<|im_end|>")
+    report = lint(prompts, tokenize)
+    assert report.reusable_tokens >= len(tokenize(RULES))
