@@ -41,11 +41,11 @@ def default_pool_sizes(tokenized: Sequence[TokenizedRequest]) -> list[int]:
     return sorted({size for size in (longest // 4, longest // 2, longest, 2 * longest, 4 * longest) if size > 0})
 
 
-def analyze_trace(path: str | Path, tokenizer: Tokenizer, pool_sizes: Sequence[int] | None) -> AnalyzedTrace:
-    """pool_sizes None: no sweep; an empty list: the default ladder."""
+def analyze_trace(path: str | Path, tokenizer: Tokenizer, pool_sizes: Sequence[int] | None = ()) -> AnalyzedTrace:
+    """The unlimited pool, then an LRU sweep over `pool_sizes` (None: the default ladder; empty: no sweep)."""
     trace = read_trace(path)
     tokenized = tokenize_trace(trace, tokenizer)
-    sizes = default_pool_sizes(tokenized) if pool_sizes is not None and not pool_sizes else pool_sizes or []
+    sizes = default_pool_sizes(tokenized) if pool_sizes is None else pool_sizes
     served = [r.served_cached_tokens for r in trace.requests]
     report = TraceReport(
         shapes=trace.shapes, unlimited=analyze(trace, tokenized),

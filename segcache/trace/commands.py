@@ -52,8 +52,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     could reuse, from the requests before it (all earlier inputs and outputs pooled)."""
     try:
         tokenizer = load_tokenizer(args.tokenizer)
-        sweep = args.pool_tokens if args.pool_tokens is not None else ([] if args.out else None)
-        analyzed = [analyze_trace(path, tokenizer, sweep) for path in args.traces]
+        # Plots get a default ladder of pool sizes unless sizes were given; a table sweeps only on request.
+        pool_sizes = args.pool_tokens if args.pool_tokens is not None else (None if args.out else [])
+        analyzed = [analyze_trace(path, tokenizer, pool_sizes) for path in args.traces]
     except (OSError, ValueError) as exc:
         print(f"segcache analyze: {exc}", file=sys.stderr)
         return 2

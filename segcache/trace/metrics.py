@@ -87,7 +87,8 @@ def prefix_hits(tokenized: Sequence[TokenizedRequest], pool_tokens: int | None =
 
 def substring_hits(tokenized: Sequence[TokenizedRequest], pool_tokens: int | None = None) -> list[np.ndarray]:
     """Per request, which stride-4 chunks of its input occur anywhere in the pooled sequences."""
-    exact = max((int(r.sequence.max()) for r in tokenized if len(r.sequence)), default=0) < 1 << 16
+    largest_id = max((int(ids.max()) for r in tokenized for ids in (r.input_ids, r.output_ids) if len(ids)), default=0)
+    exact = largest_id < 1 << 16
     pool, found = LruPool(pool_tokens), []
     for request in tokenized:
         keys = gram_keys(request.sequence, exact)
