@@ -67,7 +67,7 @@ def request_from_record(record: dict) -> TraceRequest:
         input=input_text, output=record.get("output") or "", parts=parts, part_tokens=counts,
         messages=tuple(chatml.flatten_message(m) for m in record.get("messages") or ()) or None,
         segments=tuple(record.get("segments") or ()) or None, endpoint=record.get("endpoint"),
-        timestamp=record.get("time"), session_id=record.get("tenant"), model=record.get("model"),
+        timestamp=record.get("time"), tenant=record.get("tenant"), model=record.get("model"),
         served_cached_tokens=_served_cached(record, usage))
 
 

@@ -4,7 +4,7 @@ For each request, in order, against a pool of the earlier requests' input+output
 - prefix hit: the longest common prefix of its input with any pooled sequence;
 - substring hit: 4 tokens for each 4-token chunk of its input (chunks at stride 4 from the start) that
   occurs contiguously anywhere in the pooled sequences;
-- tree hit: what segcache's SegmentTree would reuse with each part (message) as a node.
+- tree hit: what segcache's SegmentTree would reuse with each part (message) as a node, per tenant and model.
 Hit rate = hit tokens / all input tokens, the first request included. The pool is unlimited unless a
 size in tokens is given; then each metric's pool forgets least-recently-used tokens beyond it.
 """
@@ -62,7 +62,7 @@ def analyze(trace: Trace, tokenized: Sequence[TokenizedRequest], pool_tokens: in
     prefix = prefix_hits(tokenized, pool_tokens)
     substring = substring_hits(tokenized, pool_tokens)
     specs = [part_specs(r.parts, t.part_token_ids) for r, t in zip(trace.requests, tokenized)]
-    tree = tree_hits(specs, pool_tokens)
+    tree = tree_hits(specs, pool_tokens, [r.scope for r in trace.requests])
     requests = tuple(RequestHits(len(t.input_ids), p, int(s.sum()) * GRAM, h, s)
                      for t, p, s, h in zip(tokenized, prefix, substring, tree))
     return Analysis(trace.name, requests, pool_tokens)

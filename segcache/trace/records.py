@@ -29,8 +29,14 @@ class TraceRequest:
     endpoint: str | None = None  # "chat.completions" | "completions" when the trace says
     timestamp: float | None = None
     session_id: str | None = None
+    tenant: str | None = None  # whose cache scope served it (segcache log)
     model: str | None = None
     served_cached_tokens: int | None = None  # what the server reported as cached (segcache log)
+
+    @property
+    def scope(self) -> str:
+        """The cache scope the tree metric files this request under: tenants and models never share KV."""
+        return f"{self.tenant or ''}\x00{self.model or ''}"
 
     def __post_init__(self) -> None:
         joined = "".join(part.text for part in self.parts)

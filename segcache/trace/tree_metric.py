@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segcache.cache.keys import part_key
+from segcache.cache.keys import ScopeKey, part_key
 from segcache.cache.tree import PartSpec, SegmentTree
 from segcache.trace.records import Part
 
 UNLIMITED = 1 << 62
-_SCOPE = "trace-analysis"
 
 
 def part_specs(parts: Sequence[Part], part_token_ids: Sequence[tuple[int, ...]]) -> list[PartSpec]:
@@ -26,15 +25,20 @@ def part_specs(parts: Sequence[Part], part_token_ids: Sequence[tuple[int, ...]])
             for p, ids in zip(parts, part_token_ids) if p.text or ids]
 
 
-def tree_hits(requests: Sequence[Sequence[PartSpec]], pool_tokens: int | None = None) -> list[int]:
-    """Tokens each request would read from the tree, in order, starting from an empty cache."""
+def tree_hits(requests: Sequence[Sequence[PartSpec]], pool_tokens: int | None = None,
+              scopes: Sequence[str] | None = None) -> list[int]:
+    """Tokens each request would read from the tree, in order, starting from an empty cache.
+
+    `scopes` names each request's cache scope (tenant and model); requests in different scopes share
+    nothing but the pool's capacity, as on the server. None: one scope for all.
+    """
     clock = [0.0]
     tree = SegmentTree(UNLIMITED if pool_tokens is None else pool_tokens, clock=lambda: clock[0])
-    root = tree.root(_SCOPE)  # type: ignore[arg-type]
     hits = []
-    for specs in requests:
+    for specs, scope in zip(requests, scopes or [""] * len(requests)):
         clock[0] += 1.0
-        match = tree.match(_SCOPE, specs[:-1])  # type: ignore[arg-type]
+        root = tree.root(ScopeKey(scope))
+        match = tree.match(root.scope, specs[:-1])
         hits.append(match.num_tokens)
         chain, node = list(match.nodes), (match.nodes[-1] if match.nodes else root)
         for spec in specs[len(match.nodes):]:

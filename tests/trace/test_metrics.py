@@ -129,3 +129,15 @@ def test_tree_never_exceeds_prefix_and_prefix_never_exceeds_substring_by_a_chunk
     trace = trace_of(*({"input": chatml_input(*(("user", m) for m in c)), "output": "o"} for c in conversations))
     for _, prefix, substring, tree in hits(run(trace)):
         assert tree <= prefix < substring + 4
+
+
+def test_tree_keeps_tenants_and_models_apart_while_prefix_pools_everything():
+    text = chatml_input(SYSTEM, ("user", words("a", 5)))  # 12 + 8 + 2 tokens
+    log = {"parts": [{"kind": "message", "role": "system", "text": text[:text.index("<|im_start|>user")], "tokens": 12},
+                     {"kind": "message", "role": "user", "text": text[text.index("<|im_start|>user"):
+                                                                      text.index("<|im_start|>assistant")], "tokens": 8},
+                     {"kind": "generation", "role": "assistant", "text": "<|im_start|>assistant\n", "tokens": 2}],
+           "input": text, "output": "", "model": "m"}
+    trace = trace_of({**log, "tenant": "acme"}, {**log, "tenant": "globex"}, {**log, "tenant": "acme"},
+                     {"input": text, "output": "", "model": "other"})
+    assert [(r.prefix, r.tree) for r in run(trace).requests] == [(0, 0), (22, 0), (22, 20), (22, 0)]

@@ -58,7 +58,7 @@ def test_segcache_log_records_keep_their_parts_and_token_counts(write_jsonl):
     request = read_trace(write_jsonl([record])).requests[0]
     assert [p.kind for p in request.parts] == ["head", "segment", "template"]
     assert request.part_tokens == (3, 2, 2) and request.served_cached_tokens == 3
-    assert request.segments == ({"id": "rules", "content": "be brief"},) and request.session_id == "acme"
+    assert request.segments == ({"id": "rules", "content": "be brief"},) and request.tenant == "acme"
 
 
 def test_log_records_whose_parts_disagree_with_the_input_are_recut(write_jsonl):
