@@ -39,11 +39,12 @@ class _Done:
 
 
 class Engine:
-    def __init__(self, config: ServeConfig, loaded: LoadedModel | None = None):
+    def __init__(self, config: ServeConfig, loaded: LoadedModel | None = None, tree: SegmentTree | None = None):
+        """`loaded` and `tree` let tests share a model, or one tree between two configurations."""
         self.config = config
         torch.set_num_threads(config.threads or os.cpu_count() or 1)  # fixed: thread count changes reductions
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
-        self.tree = SegmentTree(config.cache_bytes, clock=time.time)
+        self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time)
         self.tree_lock = threading.RLock()
         self.segment_store = SegmentStore(config.segment_store_bytes)
         self.evictions: list[Callable[[list[Eviction]], None]] = []   # observers (metrics)

@@ -41,17 +41,23 @@ async def _warm(services: Services, tenant: str, segments, pin: bool, reject_spl
 
 
 @router.get("/v1/cache")
-async def inspect(request: Request, format: str = "json"):
+async def inspect(request: Request, format: str = "json", check: bool = False):
+    """This tenant's nodes; `check=true` also verifies the whole tree's invariants (500 if broken)."""
     services = services_of(request)
     tenant = services.tenant(request)
     engine = services.engine
     scope = engine.scope(tenant)
     with engine.tree_lock:
+        if check:
+            try:
+                engine.tree.check()
+            except AssertionError as exc:
+                raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
         if format == "text":
             return PlainTextResponse(engine.tree.render_text(scope) if scope in engine.tree.scopes() else "(empty)\n")
         nodes = [_node_json(depth, node) for depth, node in engine.tree.iter_nodes(scope)] \
             if scope in engine.tree.scopes() else []
-    return {"object": "cache", "tenant": tenant, "model": engine.loaded.model_id, "scope": scope,
+    return {"object": "cache", "tenant": tenant, **({"check": "ok"} if check else {}), "model": engine.loaded.model_id, "scope": scope,
             "num_nodes": len(nodes), "tokens": sum(n["tokens"] for n in nodes),
             "bytes": sum(n["bytes"] for n in nodes), "capacity_bytes": services.config.cache_bytes,
             "nodes": nodes}
