@@ -75,7 +75,9 @@ class Executor:
             parent = self.tree.root(scope)
         held = list(match.nodes)
         try:
-            state = self.runner.start([n.payload for n in match.nodes])
+            capacity = sum(len(p.token_ids) for p in prompt.parts) + (
+                request.sampling.max_tokens if request.kind != "warm" else 0)
+            state = self.runner.start([n.payload for n in match.nodes], min(capacity, self.loaded.max_context))
             parent = match.nodes[-1] if match.nodes else parent
             for index in range(len(match.nodes), len(prompt.parts)):
                 kv = self.runner.prefill_part(state, prompt.parts[index].token_ids)

@@ -22,11 +22,12 @@ def prefill_floor_seconds(model: str, dtype: str, context_ids: Sequence[int], ne
     """
     runner = Runner(loaded or _load(model, dtype))
     parts = [tuple(p) for p in new_ids] if new_ids and isinstance(new_ids[0], (list, tuple)) else [tuple(new_ids)]
-    state = runner.start([])
+    capacity = len(context_ids) + sum(len(p) for p in parts)
+    state = runner.start([], capacity)
     context_kv = runner.prefill_part(state, tuple(context_ids)) if context_ids else None
     timings = []
     for _ in range(max(1, repeats)):
-        state = runner.start([context_kv] if context_kv is not None else [])
+        state = runner.start([context_kv] if context_kv is not None else [], capacity)
         started = time.perf_counter()
         for part in parts:
             runner.prefill_part(state, part)

@@ -1,0 +1,126 @@
+"""A lean forward pass for Llama-family models, over one preallocated KV buffer.
+
+Why not the library's forward: on a 135M-parameter, 30-layer model the per-layer Python work
+(mask building, cache objects, hooks) costs several times the arithmetic of a decode step. This
+module runs the same weights with a handful of tensor ops per layer. Loading stays with
+transformers; a model this module does not support runs on the library's forward instead.
+
+KV buffer of one request:  (L, 2, H_kv, capacity, D)   filled from position 0 upwards.
+
+        positions:  0 ............ start ........ start+T ........ capacity
+        buffer:     [ context KV  ][ this chunk  ][   free          ]
+        a query at start+i attends keys 0 .. start+i
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+
+
+class LlamaForward:
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        """Llama-style decoders with default RoPE, SiLU MLP and full attention."""
+        config = model.config
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        window = getattr(config, "sliding_window", None)
+        uses_window = getattr(config, "use_sliding_window", window is not None)
+        return (config.model_type in SUPPORTED_TYPES and config.hidden_act == "silu"
+                and rope.get("rope_type", rope.get("type", "default")) == "default"
+                and not (uses_window and window and window < config.max_position_embeddings))
+
+    def __init__(self, model: torch.nn.Module):
+        config = model.config
+        self.dtype = model.dtype
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.lm_head = model.lm_head.weight
+        self.final_norm = inner.norm.weight
+        self.layers = [_Layer(layer) for layer in inner.layers]
+        self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def new_cache(self, capacity: int) -> torch.Tensor:
+        return torch.empty((self.num_layers, 2, self.num_kv_heads, capacity, self.head_dim), dtype=self.dtype)
+
+    @torch.inference_mode()
+    def forward(self, cache: torch.Tensor, start: int, ids: torch.Tensor) -> torch.Tensor:
+        """Run tokens `ids` (T,) at positions start..start+T-1; fill the cache; return the last logits (V,)."""
+        num_new = ids.shape[0]
+        end = start + num_new
+        x = F.embedding(ids, self.embed)                                     # (T, C)
+        cos, sin = self.cos[start:end], self.sin[start:end]                   # (T, D)
+        mask = None
+        if num_new > 1:
+            mask = torch.arange(end).unsqueeze(0) <= torch.arange(start, end).unsqueeze(1)   # (T, end)
+        for index, layer in enumerate(self.layers):
+            h = _rms_norm(x, layer.input_norm, self.eps)
+            q, k, v = self._qkv(layer, h, cos, sin)                          # (H, T, D), (Hkv, T, D) x2
+            cache[index, 0, :, start:end] = k
+            cache[index, 1, :, start:end] = v
+            attn = F.scaled_dot_product_attention(q, cache[index, 0, :, :end], cache[index, 1, :, :end],
+                                                  attn_mask=mask, enable_gqa=True)      # (H, T, D)
+            x = x + F.linear(attn.transpose(0, 1).reshape(num_new, -1), layer.o_proj)
+            h = _rms_norm(x, layer.post_norm, self.eps)
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down_proj)
+        x = _rms_norm(x[-1:], self.final_norm, self.eps)
+        return F.linear(x, self.lm_head)[0]
+
+    def _qkv(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        num_new = h.shape[0]
+        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                             self.num_kv_heads * self.head_dim], dim=-1)
+        q = q.view(num_new, self.num_heads, self.head_dim).transpose(0, 1)
+        k = k.view(num_new, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        v = v.view(num_new, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+class _Layer:
+    """One decoder layer's weights, with q/k/v and gate/up fused so each is one matmul."""
+
+    def __init__(self, layer: torch.nn.Module):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.input_norm = layer.input_layernorm.weight
+        self.post_norm = layer.post_attention_layernorm.weight
+        self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+        self.qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        self.o_proj = attn.o_proj.weight
+        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.down_proj = mlp.down_proj.weight
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # In float32, as the reference implementation does, then back to the model dtype.
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _rope_table(config, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
+    freqs = torch.outer(positions, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
