@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
@@ -42,11 +43,14 @@ class ContentPart(BaseModel):
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict] | None = None
 
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
-        return self.content or ""
+        text = "".join(p.text for p in self.content) if isinstance(self.content, list) else (self.content or "")
+        if self.tool_calls:   # a reply that called tools comes back with its calls, as the model wrote them
+            calls = "\n".join(_canonical_json(call.get("function", call)) for call in self.tool_calls)
+            text = f"{text}\n{calls}" if text else calls
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -90,6 +94,17 @@ class _Generation(_Lenient):
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict] | None = None
+
+    def tools_text(self) -> str | None:
+        """Tool schemas become one more block of the system turn, after the segments, in the order given.
+
+        They are rendered whatever `tool_choice` says, so a request that may not call tools (a
+        compaction) still shares its prefix with the main loop's requests.
+        """
+        if not self.tools:
+            return None
+        return "# Tools\nYou may call these functions:\n" + "\n".join(_canonical_json(t) for t in self.tools)
 
     def max_tokens_or(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
@@ -127,6 +142,10 @@ class RegistryPut(BaseModel):
     content: str
     ttl_seconds: float | None = Field(default=None, gt=0)
     pin: bool = False
+
+
+def _canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- responses

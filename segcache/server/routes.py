@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from segcache.engine.request import EngineRequest, Finished, PromptReport, TextDelta
+from segcache.cache.keys import segment_hash
+from segcache.engine.prompt import SegmentText
+from segcache.engine.request import EngineRequest, Finished, PromptReport, SegmentInput, TextDelta
 from segcache.server import protocol
 from segcache.server.errors import ApiError
 from segcache.server.protocol import ChatCompletionRequest, CompletionRequest
@@ -41,9 +43,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
+    if (tools := body.tools_text()) is not None:
+        segments += (SegmentInput(SegmentText(tools, "tools", segment_hash(tools))),)
     engine_request = EngineRequest(
-        tenant=tenant, kind="chat", messages=body.plain_messages(),
-        segments=resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry),
+        tenant=tenant, kind="chat", messages=body.plain_messages(), segments=segments,
         sampling=body.sampling(services.config.max_tokens_default),
         reject_split=body.segment_boundary == "reject")
     return await _generate(services, engine_request, body, chat=True)

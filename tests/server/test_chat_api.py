@@ -129,3 +129,16 @@ def test_models_and_health(client, server):
 
     assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct"]
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_tools_are_rendered_and_cached_like_a_segment(client):
+    tools = [{"type": "function", "function": {"name": "read_file", "description": "Read a file",
+                                               "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}]
+    plain = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=1, temperature=0,
+                                           messages=[{"role": "user", "content": "hi"}])
+    first = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=1, temperature=0, tools=tools,
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert first.usage.prompt_tokens > plain.usage.prompt_tokens + 10
+    second = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=1, temperature=0, tools=tools,
+                                            tool_choice="none", messages=[{"role": "user", "content": "bye"}])
+    assert [(s["id"], s["status"]) for s in second.usage.segments] == [("tools", "hit")]
