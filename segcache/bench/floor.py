@@ -31,5 +31,16 @@ def measure_floor(result: SystemResult, model: str, dtype: str) -> Floor:
     for request in warm:
         split = request.usage.reused_tokens
         floors.append(prefill_floor_seconds(model, dtype, list(request.prompt_ids[:split]),
-                                            list(request.prompt_ids[split:])))
+                                            new_parts(request.prompt_ids, request.part_ends, split)))
     return Floor(warm_ttft_s=warm_ttft_s, floor_s=statistics.median(floors))
+
+
+def new_parts(prompt_ids: tuple[int, ...], part_ends: tuple[int, ...], reused: int) -> list[list[int]]:
+    """The tokens after `reused`, cut where the prompt's parts end: one forward each, as the server runs them.
+
+        parts:   |--- A ---|--- B ---|-- D --|user|gen|
+        reused:  |=================|                      (may end inside a part)
+        new:                       |B'|-- D --|user|gen|
+    """
+    cuts = [reused] + [end for end in part_ends if end > reused]
+    return [list(prompt_ids[start:end]) for start, end in zip(cuts, cuts[1:]) if end > start]

@@ -79,7 +79,7 @@ def to_json(summaries: list[SystemSummary], floor: Floor) -> dict:
 def table(summaries: list[SystemSummary]) -> str:
     """A Markdown table: readable on stdout and pasted as is into BENCHMARKS.md."""
     header = ("| system | TTFT median after 1st (s) | TTFT p90 (s) | TTFT sum (s) | prompt tokens computed "
-              "| reused (source) | reuse expected | decode tok/s | wall (s) | peak RSS (MiB) | KV tokens held |")
+              "| reused (source) | reuse expected | decode tok/s | wall (s) | peak RSS (MiB) | KV held: tokens (bytes) |")
     lines = [header, _rule(header)]
     for s in summaries:
         check = "" if s.reuse_agrees else " ≠"

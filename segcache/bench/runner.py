@@ -33,6 +33,7 @@ class RequestResult:
     usage: usage.PromptUsage    # as the server reported it (or estimated, see usage.source)
     expected_reused: int        # what the workload's structure predicts for this system
     prompt_ids: tuple[int, ...]  # the prompt as the default tokenizer renders it
+    part_ends: tuple[int, ...]   # token index at which each of its parts ends
     reply: str
 
 
@@ -95,7 +96,8 @@ def _run_steps(spec: peers.SystemSpec, workload: Workload, tokenizer: Any, clien
             index=step.index, agent_id=step.agent.agent_id, turn=step.turn, ttft_s=streamed.ttft_s,
             latency_s=streamed.latency_s, decode_s=streamed.decode_s,
             completion_tokens=reported.completion_tokens or streamed.num_chunks, usage=reported,
-            expected_reused=expected, prompt_ids=prompt.token_ids, reply=streamed.reply))
+            expected_reused=expected, prompt_ids=prompt.token_ids, part_ends=prompt.part_token_ends,
+            reply=streamed.reply))
     return tuple(results), reuse.held_tokens()
 
 

@@ -29,6 +29,15 @@ class RenderedPrompt:
     token_ends: tuple[int, ...]  # character offset at which each token ends
     parts: tuple[str, ...]       # the text of each part, in order; they join to `text`
 
+    @property
+    def part_token_ends(self) -> tuple[int, ...]:
+        """The token index at which each part ends: the cuts of a part-aligned prefill."""
+        ends, offset = [], 0
+        for part in self.parts:
+            offset += len(part)
+            ends.append(self.tokens_before(offset))
+        return tuple(ends)
+
     def tokens_before(self, char_offset: int) -> int:
         """Tokens that end at or before char_offset: a token straddling it belongs to the later part."""
         return sum(1 for end in self.token_ends if end <= char_offset)
@@ -69,8 +78,7 @@ class ReuseModel:
     def record(self, prompt: RenderedPrompt, reply_ids: tuple[int, ...]) -> None:
         """Remember what the cache keeps after serving prompt: its parts, or its whole token state."""
         start = 0
-        for i in range(1, len(prompt.parts) + 1):
-            end = prompt.tokens_before(sum(len(part) for part in prompt.parts[:i]))
+        for i, end in enumerate(prompt.part_token_ends, start=1):
             self._chains.setdefault(prompt.parts[:i], end - start)
             start = end
         state = prompt.token_ids + reply_ids  # a prefix cache keeps the generated tokens too

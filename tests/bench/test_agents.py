@@ -25,7 +25,8 @@ def test_quick_run_against_a_real_segcache_server_completes(tmp_path):
     # 7 requests share blocks A and B: most of the prompt tokens come from the cache.
     assert figures["prefill_tokens_reused"] > figures["prefill_tokens_computed"] > 0
     assert figures["peak_rss_bytes"] > 0
-    assert set(data["floor"]) == {"warm_ttft_s", "floor_s"} and data["floor"]["warm_ttft_s"] > 0
+    assert set(data["floor"]) == {"warm_ttft_s", "floor_s"}
+    assert data["floor"]["warm_ttft_s"] > 0 and data["floor"]["floor_s"] > 0  # measured in the engine
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()

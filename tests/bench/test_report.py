@@ -12,7 +12,7 @@ def _result(name, ttfts, reused, source="usage"):
     requests = tuple(
         RequestResult(index=i, agent_id=i % 3 + 1, turn=1, ttft_s=ttft, latency_s=ttft + 1.0, decode_s=1.0,
                       completion_tokens=11, usage=PromptUsage(1000, r, 11, source), expected_reused=r,
-                      prompt_ids=(), reply="x")
+                      prompt_ids=(), part_ends=(), reply="x")
         for i, (ttft, r) in enumerate(zip(ttfts, reused)))
     return SystemResult(name=name, requests=requests, total_s=sum(ttfts) + len(ttfts), startup_s=1.0,
                         peak_rss_bytes=300 << 20, kv_bytes=None, held_tokens=sum(reused))

@@ -82,3 +82,11 @@ def test_a_tree_holds_each_shared_block_once_and_a_prefix_cache_holds_copies(tok
 def test_unknown_reuse_models_are_rejected():
     with pytest.raises(ValueError, match="unknown reuse model"):
         ReuseModel("radix")
+
+
+def test_part_token_ends_cut_the_prompt_at_its_parts(tokenizer, small_workload):
+    prompt = render(tokenizer, small_workload, small_workload.steps[0], (), by_segments=True)
+    ends = prompt.part_token_ends
+    assert len(ends) == len(prompt.parts) and ends[-1] == len(prompt.token_ids)
+    assert list(ends) == sorted(ends)
+    assert ends[1] - ends[0] == pytest.approx(small_workload.block("A").num_tokens, abs=2)
