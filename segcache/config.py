@@ -73,7 +73,7 @@ class ServeConfig:
 def add_config_flags(parser: argparse.ArgumentParser, cls: type = ServeConfig) -> None:
     """One --flag per dataclass field, typed and documented from the field itself."""
     for f in dataclasses.fields(cls):
-        parse = f.metadata.get("parse") or _field_type(f)
+        parse = _explained(f.metadata.get("parse") or _field_type(f))
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse, default=f.default,
                             choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} "
                             f"(default: {f.default})")
@@ -81,6 +81,17 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = ServeConfig) -
 
 def config_from_args(args: argparse.Namespace, cls: type = ServeConfig) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _explained(parse: Any) -> Any:
+    """argparse shows its own words for a ValueError; ours say what a valid value looks like."""
+    def parse_or_explain(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    parse_or_explain.__name__ = getattr(parse, "__name__", "value")
+    return parse_or_explain
 
 
 def _field_type(f: dataclasses.Field) -> Any:
