@@ -1,0 +1,118 @@
+"""Which server to talk to and with which keys; `--spawn` starts one of our own on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server URL and the API keys the tools may use, key -> tenant (empty: single tenant, no key)."""
+
+    url: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_loopback(self.url)
+
+    @property
+    def tenants(self) -> list[str]:
+        return sorted(set(self.keys.values())) or ["default"]
+
+    def keys_of(self, tenant: str) -> list[str | None]:
+        """The keys that map to `tenant`, in a fixed order; [None] when the server has no keys."""
+        return sorted(k for k, t in self.keys.items() if t == tenant) or [None]
+
+    def any_key(self) -> str | None:
+        return self.keys_of(self.tenants[0])[0]
+
+
+def headers(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def require_loopback(url: str) -> None:
+    """These tools generate heavy or hostile traffic: they only ever talk to this machine."""
+    host = urlsplit(url).hostname
+    if host not in _LOOPBACK:
+        raise ValueError(f"{url}: only loopback servers (127.0.0.1, localhost, ::1) may be targeted")
+
+
+def parse_keys(text: str | None) -> dict[str, str]:
+    """'key:tenant,key:tenant' -> {key: tenant}; the tenant is after the last ':'."""
+    keys: dict[str, str] = {}
+    for item in (text or "").split(","):
+        key, sep, tenant = item.strip().rpartition(":")
+        if item.strip() and (not sep or not key or not tenant):
+            raise ValueError(f"expected 'key:tenant', got {item.strip()!r}")
+        if item.strip():
+            keys[key] = tenant
+    return keys
+
+
+def generated_keys(tenants: list[str], keys_per_tenant: int) -> dict[str, str]:
+    """Fresh random keys, `keys_per_tenant` for each tenant (several keys share a tenant's cache)."""
+    return {f"sk-{tenant}-{secrets.token_hex(6)}": tenant for tenant in tenants for _ in range(keys_per_tenant)}
+
+
+@contextlib.contextmanager
+def spawned_server(keys: dict[str, str], model: str, cache_bytes: str, extra_flags: tuple[str, ...] = (),
+                   timeout_s: float = 900, log_path: str | None = None) -> Iterator[Target]:
+    """Run `python -m segcache serve` with these keys on a free loopback port for the block's duration."""
+    with tempfile.TemporaryDirectory(prefix="segcache-reliability-") as tmp:
+        key_file = Path(tmp) / "api-keys"
+        key_file.write_text("".join(f"{k}:{t}\n" for k, t in keys.items()))
+        key_file.chmod(0o600)
+        port = _free_port()
+        log = Path(log_path) if log_path else Path(tmp) / "server.log"
+        env = {k: v for k, v in os.environ.items() if k != "SEGCACHE_API_KEYS"}  # the file is the only source
+        command = [sys.executable, "-m", "segcache", "serve", "--model", model, "--cache-bytes", cache_bytes,
+                   "--api-keys", str(key_file), "--port", str(port), "--log-level", "warning", *extra_flags]
+        with open(log, "w") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url, process, timeout_s, log)
+            yield Target(url, dict(keys))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"the server at {url} was not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
