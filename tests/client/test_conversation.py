@@ -36,7 +36,8 @@ def test_compaction_reads_all_but_the_last_reply_and_the_instruction_from_cache(
     computed = (f"<|im_start|>assistant\n{last_reply}<|im_end|>\n<|im_start|>user\n{INSTRUCTION}<|im_end|>\n"
                 + GENERATION_PROMPT)
     assert compaction.input_tokens - compaction.cached_prefix_tokens == len(tokenize(computed))
-    assert [s["status"] for s in compaction.segments] == ["hit", "hit"]
+    # the tool schemas are a block of the system turn too, after the segments
+    assert [(s["id"], s["status"]) for s in compaction.segments] == [("rules", "hit"), ("backend", "hit"), ("tools", "hit")]
 
 
 def test_compaction_request_is_the_main_loop_request_plus_the_instruction(server, recorder):
