@@ -185,5 +185,5 @@ def markdown_table(rows: list[Row]) -> str:
         c = row.case
         who = {"own": "", "other": " (other tenant's key)", "wrong": " (wrong key)", "none": " (no key)"}[c.key]
         lines.append(f"| {i} | {c.what} | `{c.method} {c.path}`{who} | {'/'.join(map(str, c.expect_status))} `{c.expect_code or 'any'}` | "
-                     f"{row.status} | `{row.code}` | {'yes' if row.as_expected else '**NO**'} |")
+                     f"{row.status} | {f'`{row.code}`' if row.code else '(none)'} | {'yes' if row.as_expected else '**NO**'} |")
     return "\n".join(lines)
