@@ -128,6 +128,10 @@ class SegmentTree:
         self._lru.push(node)
         return node
 
+    def contains(self, node: Node) -> bool:
+        """Whether `node` is still in the tree (not evicted, its scope not removed)."""
+        return self._is_live(node)
+
     def lock(self, nodes: Iterable[Node]) -> None:
         """Mark live nodes as in use (re-entrant); all or nothing."""
         nodes = self._require_live(nodes)

@@ -79,12 +79,16 @@ class Executor:
                 request.sampling.max_tokens if request.kind != "warm" else 0)
             state = self.runner.start([n.payload for n in match.nodes], min(capacity, self.loaded.max_context))
             parent = match.nodes[-1] if match.nodes else parent
+            caching = self.config.cache_enabled
             for index in range(len(match.nodes), len(prompt.parts)):
                 kv = self.runner.prefill_part(state, prompt.parts[index].token_ids)
-                if self.config.cache_enabled:
-                    parent = self._insert(parent, specs[index], kv, self._ttl(request, prompt.parts[index]), request)
-                    held.append(parent)
-            chain = held[: len(specs)] if self.config.cache_enabled else []
+                if caching:
+                    node = self._insert(parent, specs[index], kv, self._ttl(request, prompt.parts[index]))
+                    caching = node is not None
+                    if node is not None:
+                        parent = node
+                        held.append(node)
+            chain = held if caching else []
             if request.pin and chain:
                 self._pin(scope, chain)
         finally:
@@ -92,8 +96,12 @@ class Executor:
                 self.tree.unlock(held)
         return state, self._report(request, prompt, match, chain, time.perf_counter() - started, queue_s)
 
-    def _insert(self, parent: Node, spec: PartSpec, kv: torch.Tensor, ttl: float | None, request: EngineRequest) -> Node:
+    def _insert(self, parent: Node, spec: PartSpec, kv: torch.Tensor, ttl: float | None) -> Node | None:
+        """None when the parent left the tree meanwhile (the tenant cleared its cache): the request
+        still completes, its remaining parts are just not cached."""
         with self.tree_lock:
+            if not self.tree.contains(parent):
+                return None
             node = self.tree.insert(parent, spec, kv, kv_num_bytes(kv), ttl_seconds=ttl)
             self.tree.lock([node])
             self.tree.touch([node], hit=False)

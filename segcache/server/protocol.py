@@ -5,11 +5,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from segcache.engine.request import PromptReport, Receipt, SamplingParams
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains a lone UTF-16 surrogate at character {exc.start}; send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+Ttl = Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds")]
 
 
 class _Lenient(BaseModel):
@@ -21,9 +34,9 @@ class SegmentRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str | None = None
     hash: str | None = None
-    content: str | None = None
+    content: Text | None = None
     name: str | None = None
-    ttl_seconds: float | None = Field(default=None, gt=0)
+    ttl_seconds: Ttl | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "SegmentRef":
@@ -37,12 +50,12 @@ class SegmentRef(BaseModel):
 
 class ContentPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
     tool_calls: list[dict] | None = None
 
     def text(self) -> str:
@@ -62,8 +75,8 @@ class _Generation(_Lenient):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="segcache generates one choice per request")
@@ -116,7 +129,7 @@ class ChatCompletionRequest(_Generation):
 
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
     @field_validator("prompt")
     @classmethod
@@ -139,8 +152,8 @@ class WarmRequest(BaseModel):
 
 class RegistryPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    content: str
-    ttl_seconds: float | None = Field(default=None, gt=0)
+    content: Text
+    ttl_seconds: Ttl | None = None
     pin: bool = False
 
 

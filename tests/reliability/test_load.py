@@ -40,9 +40,6 @@ def test_the_run_is_bounded_by_its_request_cap(target):
     assert report.summary()["errors"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: DELETE /v1/cache removes the scope root while a request that "
-                   "matched nothing is prefilling; its first insert then fails with a 500 'node root of scope ... "
-                   "is no longer in the cache'")
 def test_clearing_the_cache_during_a_request_never_fails_it(target):
     url, key = target.url, "kb1"
     statuses = []
