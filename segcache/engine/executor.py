@@ -54,6 +54,10 @@ class Executor:
             raise PromptError(f"the prompt has {num_tokens} tokens; this model's context is "
                               f"{self.loaded.max_context} tokens including the reply. Shorten the prompt",
                               "context_length_exceeded", param="messages", status=413)
+        if request.kind != "warm" and request.sampling.max_tokens > self.loaded.max_context:
+            raise PromptError(f"max_tokens is {request.sampling.max_tokens}, but this model's context holds "
+                              f"{self.loaded.max_context} tokens in all; ask for fewer", "invalid_max_tokens",
+                              param="max_tokens")
         if request.kind != "warm" and num_tokens == 0:
             raise PromptError("the prompt is empty", "empty_prompt", param="prompt")
         return prompt
@@ -102,6 +106,11 @@ class Executor:
         with self.tree_lock:
             if not self.tree.contains(parent):
                 return None
+            # Make room first, so the budget holds during the request too (only this request's own
+            # locked chain can push past it, and only until it finishes).
+            overflow = self.tree.used_bytes + kv_num_bytes(kv) - self.tree.capacity_bytes
+            if overflow > 0:
+                self.on_evict(self.tree.evict(overflow))
             node = self.tree.insert(parent, spec, kv, kv_num_bytes(kv), ttl_seconds=ttl)
             self.tree.lock([node])
             self.tree.touch([node], hit=False)

@@ -39,6 +39,7 @@ BAD_REQUESTS = [
     ("invalid_request", 422, {"messages": []}),
     ("invalid_request", 422, {"n": 2}),
     ("model_not_found", 404, {"model": "gpt-9"}),
+    ("invalid_max_tokens", 400, {"max_tokens": 10**9}),
     ("context_length_exceeded", 413, {"messages": [{"role": "user", "content": "word " * 5000}]}),
     ("segment_boundary_split", 400, {"segment_boundary": "reject",
                                      "segments": [{"id": "cut", "content": "Rules end with a space "},
@@ -65,6 +66,13 @@ def test_malformed_json_is_a_400(warmed):
     assert reply.status_code == 400
     assert reply.json()["error"]["code"] == "invalid_json"
     warmed.engine.tree.check()
+
+
+def test_a_body_that_is_not_utf8_is_a_400(warmed):
+    reply = httpx.post(warmed.base_url + "/chat/completions", content=b'{"model": "\xff\xfe"}',
+                       headers={"content-type": "application/json"})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == "invalid_json"
 
 
 def test_the_sdk_raises_typed_errors(warmed):
