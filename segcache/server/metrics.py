@@ -17,6 +17,8 @@ class Metrics:
         self.requests = Counter("segcache_requests", "Completed generation requests", ["tenant"], registry=r)
         self.hit_tokens = Counter("segcache_cache_hit_tokens", "Prompt tokens read from the cache", ["tenant"], registry=r)
         self.miss_tokens = Counter("segcache_cache_miss_tokens", "Prompt tokens computed in prefill", ["tenant"], registry=r)
+        self.prefill_tokens = Counter("segcache_prefill_tokens", "Prompt tokens run through the model in prefill "
+                                      "(equal to cache misses: hits are never recomputed)", ["tenant"], registry=r)
         self.decode_tokens = Counter("segcache_decode_tokens", "Tokens generated", ["tenant"], registry=r)
         self.evictions = Counter("segcache_evictions", "Cache nodes removed", ["reason"], registry=r)
         self.evicted_bytes = Counter("segcache_evicted_bytes", "KV bytes removed", ["reason"], registry=r)
@@ -34,6 +36,7 @@ class Metrics:
     def observe_prompt(self, tenant: str, report: PromptReport) -> None:
         self.hit_tokens.labels(tenant).inc(report.cached_tokens)
         self.miss_tokens.labels(tenant).inc(report.prompt_tokens - report.cached_tokens)
+        self.prefill_tokens.labels(tenant).inc(report.prompt_tokens - report.cached_tokens)
         self.prefill.labels(tenant).observe(report.prefill_s)
 
     def observe_finished(self, tenant: str, finished: Finished, timings: dict) -> None:

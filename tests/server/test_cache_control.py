@@ -162,6 +162,7 @@ def test_metrics_count_tokens_and_hide_other_tenants(tenants):
     assert 'segcache_cache_hit_tokens_total{tenant="acme"}' in acme
     assert 'tenant="globex"' not in acme
     assert "segcache_ttft_seconds_bucket" in acme and "segcache_cache_bytes " in acme
+    assert "segcache_prefill_tokens_total{tenant=\"acme\"}" in acme and "segcache_decode_tokens_total" in acme
     hits = [line for line in acme.splitlines() if line.startswith('segcache_cache_hit_tokens_total{tenant="acme"}')]
     assert float(hits[0].split()[-1]) > 0
 
