@@ -89,7 +89,7 @@ def _run_one(spec: peers.SystemSpec, workload: Workload, tokenizer: Any, options
 def _describe(workload: Workload, log_dir: Path) -> str:
     sizes = ", ".join(f"{block.name}={block.num_tokens}" for block in workload.blocks)
     order = " ".join(f"a{step.agent.agent_id}t{step.turn}" for step in workload.steps)
-    return (f"workload: blocks {sizes} tokens; {len(workload.steps)} requests ({order}); "
+    return (f"Workload: blocks {sizes} tokens; {len(workload.steps)} requests ({order}); "
             f"{workload.max_tokens} completion tokens each; server logs in {log_dir}")
 
 

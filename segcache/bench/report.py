@@ -92,33 +92,57 @@ def table(summaries: list[SystemSummary]) -> str:
 
 
 def ratios(summaries: list[SystemSummary], floor: Floor) -> list[str]:
-    """segcache against every other system, then against the floor; each line says which way is better."""
-    by_name = {s.name: s for s in summaries}
-    ours = by_name.get("segcache")
+    """segcache against every other system, then against the floor, then the issue's goals."""
+    ours = next((s for s in summaries if s.name == "segcache"), None)
     if ours is None:
         return []
     lines = []
-    for peer in summaries:
-        if peer.name == ours.name:
-            continue
-        lines.append(f"- vs {peer.name}: median TTFT after the first request "
-                     f"{_ratio(peer.ttft_median_after_first_s, ours.ttft_median_after_first_s)} lower, "
-                     f"total prefill (TTFT sum) {_ratio(peer.ttft_sum_s, ours.ttft_sum_s)} lower, "
-                     f"decode {_ratio(ours.decode_tokens_per_s, peer.decode_tokens_per_s)} the tokens/s")
+    for peer in (s for s in summaries if s is not ours):
+        lines.append(
+            f"- vs {peer.name}: median TTFT after the first request {ours.ttft_median_after_first_s:.3f} s vs "
+            f"{peer.ttft_median_after_first_s:.3f} s ({_speed(peer.ttft_median_after_first_s, ours.ttft_median_after_first_s)}); "
+            f"total prefill (TTFT sum) {ours.ttft_sum_s:.1f} s vs {peer.ttft_sum_s:.1f} s "
+            f"({_speed(peer.ttft_sum_s, ours.ttft_sum_s)}); decode {ours.decode_tokens_per_s:.1f} vs "
+            f"{peer.decode_tokens_per_s:.1f} tokens/s ({_speed(ours.decode_tokens_per_s, peer.decode_tokens_per_s)})")
     if floor.warm_ttft_s is not None and floor.floor_s:
         lines.append(f"- warm TTFT {floor.warm_ttft_s:.3f} s vs the engine's floor {floor.floor_s:.3f} s: "
                      f"{floor.warm_ttft_s / floor.floor_s:.2f}x the floor")
     else:
-        lines.append("- warm TTFT vs the floor: floor not measured (segcache.engine.floor not available)")
-    return lines
+        lines.append("- warm TTFT vs the floor: floor not measured")
+    return lines + _goals(ours, {s.name: s for s in summaries}, floor)
+
+
+def _goals(ours: SystemSummary, by_name: dict[str, SystemSummary], floor: Floor) -> list[str]:
+    """The issue's targets, each checked against this run (targets, not pass/fail tests)."""
+    goals = []
+    if "segcache-nocache" in by_name:
+        factor = by_name["segcache-nocache"].ttft_median_after_first_s / ours.ttft_median_after_first_s
+        goals.append(f"median TTFT after the first at least 3x lower than with the cache off: {factor:.1f}x, "
+                     f"{_met(factor >= 3)}")
+    if "llamacpp-cache" in by_name:
+        factor = by_name["llamacpp-cache"].ttft_median_after_first_s / ours.ttft_median_after_first_s
+        goals.append(f"median TTFT after the first at most half of llama-cpp-python's with its RAM cache: "
+                     f"{factor:.1f}x lower, {_met(factor >= 2)}")
+    if floor.warm_ttft_s is not None and floor.floor_s:
+        factor = floor.warm_ttft_s / floor.floor_s
+        goals.append(f"warm TTFT within 1.25x of the floor: {factor:.2f}x, {_met(factor <= 1.25)}")
+    return [f"- goal: {goal}" for goal in goals]
+
+
+def _speed(slower: float, faster: float) -> str:
+    """'3.10x better' when the first figure is the larger one, '0.8x' reads as '1.25x worse'."""
+    if slower <= 0 or faster <= 0:
+        return "n/a"
+    ratio = slower / faster
+    return f"{ratio:.2f}x better" if ratio >= 1 else f"{1 / ratio:.2f}x worse"
+
+
+def _met(condition: bool) -> str:
+    return "met" if condition else "not met"
 
 
 def _rule(header: str) -> str:
     return "|" + "---|" * (header.count("|") - 1)
-
-
-def _ratio(numerator: float, denominator: float) -> str:
-    return f"{numerator / denominator:.2f}x" if denominator > 0 else "n/a"
 
 
 def _held(s: SystemSummary) -> str:

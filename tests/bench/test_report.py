@@ -49,10 +49,22 @@ def test_ratios_compare_segcache_with_every_peer_and_the_floor():
     summaries = [summarize(_result("segcache", [2.0, 0.4, 0.4], [0, 600, 600])),
                  summarize(_result("segcache-nocache", [2.0, 2.0, 2.0], [0, 0, 0]))]
     lines = ratios(summaries, Floor(warm_ttft_s=0.4, floor_s=0.32))
-    assert lines[0].startswith("- vs segcache-nocache: median TTFT after the first request 5.00x lower")
+    assert lines[0].startswith("- vs segcache-nocache: median TTFT after the first request 0.400 s vs 2.000 s "
+                               "(5.00x better)")
     assert "1.25x the floor" in lines[1]
-    assert "floor not measured" in ratios(summaries, Floor(0.4, None))[-1]
+    assert lines[2] == "- goal: median TTFT after the first at least 3x lower than with the cache off: 5.0x, met"
+    assert lines[3] == "- goal: warm TTFT within 1.25x of the floor: 1.25x, met"
+    assert "floor not measured" in ratios(summaries, Floor(0.4, None))[1]
     assert ratios(summaries[1:], Floor(None, None)) == []
+
+
+def test_a_peer_ahead_of_segcache_reads_as_worse_and_the_goal_as_not_met():
+    summaries = [summarize(_result("segcache", [2.0, 1.0, 1.0], [0, 600, 600])),
+                 summarize(_result("llamacpp-cache", [2.0, 0.8, 0.8], [0, 600, 600], source="server log"))]
+    lines = ratios(summaries, Floor(None, None))
+    assert "(1.25x worse)" in lines[0]
+    assert lines[-1] == ("- goal: median TTFT after the first at most half of llama-cpp-python's "
+                         "with its RAM cache: 0.8x lower, not met")
 
 
 def test_table_has_a_row_per_system():
