@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="segcache-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(_describe(workload, log_dir), flush=True)
+    if load_before > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: the machine is busy (load average {load_before:.1f} on {os.cpu_count()} cores); every "
+              "figure will be noisy, llama.cpp's most (its threads wait on each other)", file=sys.stderr, flush=True)
     results = [_run_one(peers.SYSTEMS[name], workload, tokenizer, options, log_dir) for name in names]
     summaries = [report.summarize(result) for result in results]
     ours = next((result for result in results if result.name == "segcache"), None)
@@ -102,7 +106,7 @@ def _body(summaries: list[report.SystemSummary], floor: report.Floor, workload: 
         "",
         _describe(workload, Path("<log dir>")).split("; server logs")[0] + ".",
         _models_note(args),
-        f"Machine: {os.cpu_count()} cores; load average {load_before:.1f} before the run, "
+        f"Code: segcache {_code_version()}. Machine: {os.cpu_count()} cores; load average {load_before:.1f} before the run, "
         f"{os.getloadavg()[0]:.1f} after (other work on the machine slows every system, llama.cpp most).",
         "Reused tokens: segcache from `usage.cached_prefix_tokens`; llama-cpp-python from the "
         "`prefix-match hit` and `prompt eval` lines of its own log (source `server log`); `estimated` "
@@ -116,6 +120,19 @@ def _body(summaries: list[report.SystemSummary], floor: report.Floor, workload: 
         *report.ratios(summaries, floor),
     ]
     return "\n".join(notes)
+
+
+def _code_version() -> str:
+    """The checkout's commit, so a figure can be traced to the engine that produced it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "segcache"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "(not a git checkout)"
+    return f"at {commit}" + (" with uncommitted changes" if dirty else "")
 
 
 def _models_note(args: argparse.Namespace) -> str:
