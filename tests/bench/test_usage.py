@@ -4,23 +4,26 @@ from openai.types.chat import ChatCompletionChunk
 from segcache.bench.usage import (from_llamacpp_log, from_openai_usage, from_segcache_usage, llamacpp_cached_bytes,
                                   llamacpp_saved_states)
 
-# The final streamed chunk of a segcache chat completion (DESIGN.md §2) as it arrives on the wire.
+# The final streamed chunk of a segcache chat completion as the server sent it (second request, one segment hit).
 SEGCACHE_FINAL_CHUNK = {
-    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "smollm2-135m-instruct",
-    "choices": [],
-    "usage": {"prompt_tokens": 2233, "completion_tokens": 32, "total_tokens": 2265,
-              "prompt_tokens_details": {"cached_tokens": 2120}, "input_tokens": 2233, "output_tokens": 32,
-              "cached_prefix_tokens": 2120,
-              "segments": [{"id": "global-rules", "hash": "sha256:" + "a" * 64, "tokens": 1500,
-                            "cached_tokens": 1500, "status": "hit", "reason": None}]},
+    "id": "chatcmpl-6dc3a4e885b8444a95fec409", "object": "chat.completion.chunk", "created": 1795310134,
+    "model": "tiny-random-llama", "choices": [],
+    "usage": {"prompt_tokens": 21, "completion_tokens": 2, "total_tokens": 23,
+              "prompt_tokens_details": {"cached_tokens": 17}, "input_tokens": 21, "output_tokens": 2,
+              "cached_prefix_tokens": 17,
+              "segments": [{"id": "global-rules",
+                            "hash": "sha256:c6dde225503c54442899d78d72d55352cd3d4052a2ba3ff4340afc5beaf124bf",
+                            "tokens": 6, "cached_tokens": 6, "status": "hit", "reason": None}]},
+    "timings": {"queue_s": 0.000134, "prefill_s": 0.0035, "ttft_s": 0.008831, "decode_s": 0.006778,
+                "total_s": 0.013254},
 }
 
 
 def test_segcache_usage_is_read_through_the_openai_sdk_models():
     chunk = ChatCompletionChunk.model_validate(SEGCACHE_FINAL_CHUNK)
     usage = from_segcache_usage(chunk.usage.model_dump())
-    assert (usage.prompt_tokens, usage.reused_tokens, usage.computed_tokens) == (2233, 2120, 113)
-    assert usage.completion_tokens == 32 and usage.source == "usage"
+    assert (usage.prompt_tokens, usage.reused_tokens, usage.computed_tokens) == (21, 17, 4)
+    assert usage.completion_tokens == 2 and usage.source == "usage"
 
 
 def test_segcache_usage_that_contradicts_itself_is_an_error():
