@@ -39,6 +39,7 @@ class LlamaForward:
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.eps = config.rms_norm_eps
+        self.scale = self.head_dim ** -0.5
         inner = model.model
         self.embed = inner.embed_tokens.weight
         self.lm_head = model.lm_head.weight
@@ -68,14 +69,29 @@ class LlamaForward:
             q, k, v = self._qkv(layer, h, cos, sin)                          # (H, T, D), (Hkv, T, D) x2
             cache[index, 0, :, start:end] = k
             cache[index, 1, :, start:end] = v
-            attn = F.scaled_dot_product_attention(q, cache[index, 0, :, :end], cache[index, 1, :, :end],
-                                                  attn_mask=mask, enable_gqa=True)      # (H, T, D)
+            attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], mask)   # (H, T, D)
             x = x + F.linear(attn.transpose(0, 1).reshape(num_new, -1), layer.o_proj)
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down_proj)
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return F.linear(x, self.lm_head)[0]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Grouped-query attention without copying K/V per query head.
+
+        Query heads g*G..g*G+G-1 share KV head g, so the G heads' rows are stacked against one KV head:
+            q (H, T, D) -> (H_kv, G*T, D);  scores (H_kv, G*T, S);  out (H_kv, G*T, D) -> (H, T, D)
+        (the library's attention kernels fall back to a slow path for this shape on CPU).
+        """
+        num_heads, num_new, head_dim = q.shape
+        groups = num_heads // self.num_kv_heads
+        grouped = q.reshape(self.num_kv_heads, groups * num_new, head_dim)
+        scores = torch.matmul(grouped, k.transpose(1, 2)).float() * self.scale          # (H_kv, G*T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.repeat(groups, 1), float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        return torch.matmul(probs, v).reshape(num_heads, num_new, head_dim)
 
     def _qkv(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         num_new = h.shape[0]
