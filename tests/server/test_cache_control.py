@@ -171,3 +171,15 @@ def test_openai_sdk_sees_401_as_authentication_error(tenants):
     client = openai.OpenAI(base_url=tenants.base_url, api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_default_ttl_applies_when_a_segment_sets_none(app_server, load):
+    server = app_server(ServeConfig(model="tiny", cache_bytes=1 << 26, default_ttl=0.5), load("tiny", "float32"))
+    first = chat(server, "any", [seg(RULES, "rules")]).json()
+    assert first["usage"]["segments"][0]["status"] == "computed"
+    listing = httpx.get(server.base_url + "/cache").json()
+    assert all(n["expires_at"] is not None for n in listing["nodes"])
+    time.sleep(0.8)
+    again = chat(server, "any", [seg(RULES, "rules")]).json()["usage"]["segments"][0]
+    assert (again["status"], again["reason"]) == ("computed", "expired")
+    server.engine.tree.check()
