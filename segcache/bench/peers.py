@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 
 SYSTEM_NAMES = ("segcache", "segcache-chat", "segcache-nocache", "llamacpp-cache", "llamacpp-nocache")
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -138,6 +137,11 @@ class PeakMemory:
     """Samples the resident memory of a process and all its children; keeps the peak."""
 
     def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        try:
+            import psutil  # the bench extra's; imported here so the CLI works without it
+        except ImportError as exc:
+            raise RuntimeError("benchmarks measure memory with psutil: pip install '.[bench]'") from exc
+        self._psutil = psutil
         self._process = psutil.Process(pid)
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -158,7 +162,7 @@ class PeakMemory:
         for process in [self._process, *self._process.children(recursive=True)]:
             try:
                 total += process.memory_info().rss
-            except psutil.Error:  # a child that exited between listing and reading
+            except self._psutil.Error:  # a child that exited between listing and reading
                 pass
         return total
 
@@ -166,5 +170,5 @@ class PeakMemory:
         while not self._stop.wait(self._interval_s):
             try:
                 self.peak_bytes = max(self.peak_bytes, self.current_bytes())
-            except psutil.Error:
+            except self._psutil.Error:
                 return
