@@ -8,6 +8,7 @@ benchmarks through `run()` (blocking).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import queue
 import threading
@@ -42,13 +43,16 @@ class Engine:
     def __init__(self, config: ServeConfig, loaded: LoadedModel | None = None, tree: SegmentTree | None = None):
         """`loaded` and `tree` let tests share a model, or one tree between two configurations."""
         self.config = config
-        torch.set_num_threads(config.threads or os.cpu_count() or 1)  # fixed: thread count changes reductions
+        # Threads are chosen per forward by its length only (see Runner): a given part always runs on
+        # the same count, since the count can change the order of reductions.
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
         self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time)
         self.tree_lock = threading.RLock()
         self.segment_store = SegmentStore(config.segment_store_bytes)
         self.evictions: list[Callable[[list[Eviction]], None]] = []   # observers (metrics)
-        self.executor = Executor(self.loaded, self.tree, self.tree_lock, config, self.scope, self._on_evict)
+        self.executor = Executor(self.loaded, self.tree, self.tree_lock,
+                                 dataclasses.replace(config, threads=torch.get_num_threads()), self.scope, self._on_evict)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="segcache-engine", daemon=True)
         self._worker.start()

@@ -30,7 +30,7 @@ class Executor:
                  scope_of: Callable[[str], ScopeKey], on_evict: Callable[[list[Eviction]], None]):
         self.loaded, self.tree, self.tree_lock, self.config = loaded, tree, tree_lock, config
         self.scope_of, self.on_evict = scope_of, on_evict
-        self.runner = Runner(loaded)
+        self.runner = Runner(loaded, threads=config.threads)
 
     def run(self, request: EngineRequest, emit: Emit, cancelled: Callable[[], bool], queued_at: float) -> None:
         started = time.perf_counter()

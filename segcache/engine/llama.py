@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+# The attention path depends only on a part's length, so a cached and an uncached run, which forward
+# the same parts, always take the same path: the choice cannot break bit-identity.
+FLASH_MIN_TOKENS = 64
 
 
 class LlamaForward:
@@ -78,13 +81,17 @@ class LlamaForward:
         return F.linear(x, self.lm_head)[0]
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Grouped-query attention without copying K/V per query head.
+        """Grouped-query attention. Parts of FLASH_MIN_TOKENS or more use the library's fused kernel;
+        shorter ones (decode, small messages) avoid its slow CPU path for a few queries this way:
 
         Query heads g*G..g*G+G-1 share KV head g, so the G heads' rows are stacked against one KV head:
             q (H, T, D) -> (H_kv, G*T, D);  scores (H_kv, G*T, S);  out (H_kv, G*T, D) -> (H, T, D)
-        (the library's attention kernels fall back to a slow path for this shape on CPU).
         """
         num_heads, num_new, head_dim = q.shape
+        if num_new >= FLASH_MIN_TOKENS:   # long parts: the library's fused CPU kernel wins
+            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
+            return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                                  attn_mask=bias[None, None], enable_gqa=True)[0]
         groups = num_heads // self.num_kv_heads
         grouped = q.reshape(self.num_kv_heads, groups * num_new, head_dim)
         scores = torch.matmul(grouped, k.transpose(1, 2)).float() * self.scale          # (H_kv, G*T, S)

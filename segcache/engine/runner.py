@@ -22,6 +22,9 @@ from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 
 
+SMALL_FORWARD_TOKENS = 64
+
+
 @dataclass
 class PrefillState:
     cache: torch.Tensor | DynamicCache   # (L, 2, H_kv, capacity, D) buffer, or the library's cache
@@ -30,8 +33,14 @@ class PrefillState:
 
 
 class Runner:
-    def __init__(self, loaded: LoadedModel, lean: bool = True):
-        """`lean=False` forces the library's forward (the path for models the lean forward does not know)."""
+    def __init__(self, loaded: LoadedModel, lean: bool = True, threads: int | None = None):
+        """`lean=False` forces the library's forward (the path for models the lean forward does not know).
+
+        `threads`: for forwards of SMALL_FORWARD_TOKENS or more; smaller ones (decode steps, short
+        messages) run on one thread, where the cost of waking a second one exceeds its help. The
+        count depends only on a forward's length, so cached and uncached runs still match bit for bit.
+        """
+        self.threads = threads or torch.get_num_threads()
         self.loaded = loaded
         self.model = loaded.model
         self.lean = LlamaForward(loaded.model) if lean and LlamaForward.supports(loaded.model) else None
@@ -86,6 +95,9 @@ class Runner:
         return state.last_logits
 
     def _forward(self, state: PrefillState, token_ids: tuple[int, ...]) -> torch.Tensor:
+        threads = 1 if len(token_ids) < SMALL_FORWARD_TOKENS else self.threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         ids = torch.tensor(token_ids, dtype=torch.long)                                   # (T,)
         if self.lean is not None:
             return self.lean.forward(state.cache, state.num_tokens, ids)
