@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -40,7 +42,7 @@ class Runner:
         messages) run on one thread, where the cost of waking a second one exceeds its help. The
         count depends only on a forward's length, so cached and uncached runs still match bit for bit.
         """
-        self.threads = threads or torch.get_num_threads()
+        self.threads = threads or os.cpu_count() or 1
         self.loaded = loaded
         self.model = loaded.model
         self.lean = LlamaForward(loaded.model) if lean and LlamaForward.supports(loaded.model) else None
