@@ -13,9 +13,8 @@ Llama-family models run on segcache's own lean forward over one preallocated buf
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
