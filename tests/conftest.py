@@ -9,39 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from segcache.config import ServeConfig
+from segcache.server.launch import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not become healthy in {timeout} s")
 
 
 @dataclasses.dataclass
@@ -98,11 +76,8 @@ def serve(tiny_model_dir, tmp_path):
                                    env={**os.environ, **(env or {})})
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, timeout, process)
-        except Exception:
-            log.flush()
-            raise RuntimeError((tmp_path / f"server-{port}.log").read_text()[-3000:])
+        log.flush()
+        wait_healthy(url, timeout, process, tmp_path / f"server-{port}.log")
         return RunningServer(url, process=process)
 
     yield start

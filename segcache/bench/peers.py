@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from segcache.server.launch import free_port
 
 SYSTEM_NAMES = ("segcache", "segcache-chat", "segcache-nocache", "llamacpp-cache", "llamacpp-nocache")
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -110,12 +111,6 @@ def start(spec: SystemSpec, options: PeerOptions, log_dir: Path) -> RunningServe
         server.stop()
         raise
     return server
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_ready(server: RunningServer, timeout_s: float) -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from segcache.client.layout import tool_name
-from segcache.client.lint_logs import LoggedPrompt, Region
+from segcache.client.lint_logs import LoggedPrompt
 
 CAUSES = ("date", "time", "path", "order", "whitespace", "tool_schema", "system_message", "other")
 

@@ -105,7 +105,7 @@ class LoadReport:
             f"{mem['max_overshoot_bytes']:,}; one request's new KV is at most {mem['overshoot_bound_bytes']:,}); "
             f"{mem['final_bytes']:,} when idle",
             f"  evictions       {s['evictions'] or 'none'}",
-            f"  tree check      " + ", ".join(f"{c['tenant']}: {c['check'] or c['status']} "
+            "  tree check      " + ", ".join(f"{c['tenant']}: {c['check'] or c['status']} "
                                               f"({c['num_nodes']} nodes, {c['bytes']:,} B)" for c in s["tree_check"]),
             f"  load average    {s['load_average']['start']:.2f} at start, max {s['load_average']['max']}, "
             f"{s['load_average']['end']:.2f} at end",

@@ -5,17 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
+
+from segcache.server.launch import free_port, wait_healthy
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -78,7 +77,7 @@ def spawned_server(keys: dict[str, str], model: str, cache_bytes: str, extra_fla
         key_file = Path(tmp) / "api-keys"
         key_file.write_text("".join(f"{k}:{t}\n" for k, t in keys.items()))
         key_file.chmod(0o600)
-        port = _free_port()
+        port = free_port()
         log = Path(log_path) if log_path else Path(tmp) / "server.log"
         env = {k: v for k, v in os.environ.items() if k != "SEGCACHE_API_KEYS"}  # the file is the only source
         command = [sys.executable, "-m", "segcache", "serve", "--model", model, "--cache-bytes", cache_bytes,
@@ -87,7 +86,7 @@ def spawned_server(keys: dict[str, str], model: str, cache_bytes: str, extra_fla
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url, process, timeout_s, log)
+            wait_healthy(url, timeout_s, process, log)
             yield Target(url, dict(keys))
         finally:
             process.terminate()
@@ -96,23 +95,3 @@ def spawned_server(keys: dict[str, str], model: str, cache_bytes: str, extra_fla
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"the server at {url} was not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

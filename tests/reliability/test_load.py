@@ -1,7 +1,6 @@
 """A short load run against a real tiny-model server: no unexpected answer, budget held, tree clean."""
 
 import threading
-import time
 
 import httpx
 import pytest
