@@ -25,7 +25,7 @@ async def warm(body: WarmRequest, request: Request) -> dict:
     services.check_model(body.model)
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
     report = await _warm(services, tenant, segments, body.pin, body.segment_boundary == "reject")
-    cached = sum(1 for r in report.receipts if services.config.cache_enabled and r.tokens >= 0)
+    cached = len(report.receipts) if services.config.cache_enabled else 0   # warm caches every segment it sends
     return {"object": "cache.warm", "model": services.engine.loaded.model_id, "cached_segments": cached,
             "root_hash": report.chain_hash, "expires_at": report.expires_at, "pinned": body.pin,
             "prompt_tokens": report.prompt_tokens, "cached_prefix_tokens": report.cached_tokens,

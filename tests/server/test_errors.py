@@ -60,19 +60,15 @@ def test_bad_request_is_rejected_and_the_cache_is_unchanged(warmed, code, status
     warmed.engine.tree.check()
 
 
-def test_malformed_json_is_a_400(warmed):
-    reply = httpx.post(warmed.base_url + "/chat/completions", content=b'{"model": "x", "messages": [',
-                       headers={"content-type": "application/json"})
+@pytest.mark.parametrize("body", [b'{"model": "x", "messages": [', b'{"model": "\xff\xfe"}'],
+                         ids=["malformed-json", "not-utf8"])
+def test_an_unreadable_body_is_a_400(warmed, body):
+    before = snapshot(warmed)
+    reply = httpx.post(warmed.base_url + "/chat/completions", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 400
     assert reply.json()["error"]["code"] == "invalid_json"
+    assert snapshot(warmed) == before
     warmed.engine.tree.check()
-
-
-def test_a_body_that_is_not_utf8_is_a_400(warmed):
-    reply = httpx.post(warmed.base_url + "/chat/completions", content=b'{"model": "\xff\xfe"}',
-                       headers={"content-type": "application/json"})
-    assert reply.status_code == 400
-    assert reply.json()["error"]["code"] == "invalid_json"
 
 
 def test_the_sdk_raises_typed_errors(warmed):
