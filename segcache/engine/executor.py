@@ -18,9 +18,9 @@ from segcache.cache.tree import Eviction, MatchResult, Node, PartSpec, SegmentTr
 from segcache.config import ServeConfig
 from segcache.engine.model import LoadedModel
 from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt, build_completion_prompt
-from segcache.engine.request import EngineRequest, Finished, PromptReport, Receipt, TextDelta
+from segcache.engine.request import EngineRequest, Finished, PromptReport, Receipt
 from segcache.engine.runner import PrefillState, Runner, kv_num_bytes
-from segcache.engine.sampling import Sampler, TextStream
+from segcache.engine.decoding import Decoder
 
 Emit = Callable[[object], None]
 
@@ -166,33 +166,21 @@ class Executor:
     # ---------------------------------------------------------------- decode
 
     def _decode(self, request: EngineRequest, state: PrefillState, emit: Emit, cancelled: Callable[[], bool]) -> Finished:
-        started = time.perf_counter()
-        params = request.sampling
-        sampler, stream = Sampler(params), TextStream(self.loaded.tokenizer, params.stop)
+        limit = min(request.sampling.max_tokens, self.loaded.max_context - state.num_tokens)
+        decoder = Decoder(request.sampling, self.loaded.tokenizer, self.loaded.eos_token_ids, limit,
+                          keep_logits=request.keep_logits)
         logits = state.last_logits
-        first_logits = logits.clone() if request.keep_logits else None
-        limit = min(params.max_tokens, self.loaded.max_context - state.num_tokens)
-        generated: list[int] = []
-        finish = "length"
-        while len(generated) < limit:
-            token = sampler(logits)
-            generated.append(token)
-            if token in self.loaded.eos_token_ids:
-                finish = "stop"
-                break
-            if delta := stream.add(token):
-                emit(TextDelta(delta))
-            if stream.stopped:
-                finish = "stop"
-                break
-            if len(generated) >= limit or cancelled():
-                break
-            logits = self.runner.decode_step(state, token)
-        if tail := stream.flush():
-            emit(TextDelta(tail))
-        return Finished(finish_reason=finish, completion_tokens=len(generated), text=stream.text,
-                        decode_s=time.perf_counter() - started, first_logits=first_logits,
-                        token_ids=tuple(generated))
+        while not decoder.done:
+            for event in decoder.step(logits):
+                emit(event)
+            if cancelled():
+                decoder.cancel()
+            if not decoder.done:
+                logits = self.runner.decode_step(state, decoder.last_token)
+        tail, finished = decoder.finish()
+        for event in tail:
+            emit(event)
+        return finished
 
 
 def _receipt(segment, tokens: int, hit: bool, after_missed_segment: bool, match: MatchResult) -> Receipt:
