@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from segcache.engine.linear import DenseLinear
+
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 # The attention path depends only on a part's length, so a cached and an uncached run, which forward
 # the same parts, always take the same path: the choice cannot break bit-identity.
@@ -45,7 +47,7 @@ class LlamaForward:
         self.scale = self.head_dim ** -0.5
         inner = model.model
         self.embed = inner.embed_tokens.weight
-        self.lm_head = model.lm_head.weight
+        self.lm_head = DenseLinear(model.lm_head.weight)
         self.final_norm = inner.norm.weight
         self.layers = [_Layer(layer) for layer in inner.layers]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
@@ -73,12 +75,12 @@ class LlamaForward:
             cache[index, 0, :, start:end] = k
             cache[index, 1, :, start:end] = v
             attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], mask)   # (H, T, D)
-            x = x + F.linear(attn.transpose(0, 1).reshape(num_new, -1), layer.o_proj)
+            x = x + layer.o_proj(attn.transpose(0, 1).reshape(num_new, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
-            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down_proj)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down_proj(F.silu(gate) * up)
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
-        return F.linear(x, self.lm_head)[0]
+        return self.lm_head(x)[0]
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Grouped-query attention. Parts of FLASH_MIN_TOKENS or more use the library's fused kernel;
@@ -102,7 +104,7 @@ class LlamaForward:
 
     def _qkv(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         num_new = h.shape[0]
-        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        qkv = layer.qkv(h)
         q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
                              self.num_kv_heads * self.head_dim], dim=-1)
         q = q.view(num_new, self.num_heads, self.head_dim).transpose(0, 1)
@@ -118,12 +120,12 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         self.input_norm = layer.input_layernorm.weight
         self.post_norm = layer.post_attention_layernorm.weight
-        self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        self.qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
-        self.o_proj = attn.o_proj.weight
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        self.down_proj = mlp.down_proj.weight
+        self.qkv = DenseLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                               torch.cat(biases) if all(b is not None for b in biases) else None)
+        self.o_proj = DenseLinear(attn.o_proj.weight)
+        self.gate_up = DenseLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        self.down_proj = DenseLinear(mlp.down_proj.weight)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
