@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -15,7 +16,7 @@ from segcache.engine.request import EngineRequest, Finished, PromptReport, Segme
 from segcache.server import protocol
 from segcache.server.errors import ApiError
 from segcache.server.protocol import ChatCompletionRequest, CompletionRequest
-from segcache.server.segments import resolve_segments
+from segcache.server.segments import remember_segments, resolve_segments
 from segcache.server.services import Services, services_of
 
 router = APIRouter()
@@ -23,9 +24,18 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> dict:
+    """Anyone: ok. A tenant's key: also its own queued requests. The admin key: the server and every tenant."""
     services = services_of(request)
-    return {"status": "ok", "model": services.engine.loaded.model_id,
-            "queue_depth": services.engine.queue_depth, "cache_enabled": services.config.cache_enabled}
+    if services.is_admin(request):
+        figures = services.figures()
+        return {"status": "ok", "model": services.engine.loaded.model_id, "cache_enabled": services.config.cache_enabled,
+                "queue_depth": figures.queue_depth, "cache_bytes": figures.cache_bytes,
+                "capacity_bytes": figures.capacity_bytes, "tenants": [asdict(t) for t in figures.tenants]}
+    if not request.headers.get("authorization"):
+        return {"status": "ok"}
+    tenant = services.tenant(request)
+    return {"status": "ok", "model": services.engine.loaded.model_id, "tenant": tenant,
+            "queued": services.engine.queued(tenant)}
 
 
 @router.get("/v1/models")
@@ -73,6 +83,7 @@ async def _generate(services: Services, engine_request: EngineRequest, body, cha
     events = services.engine.stream(engine_request).__aiter__()
     report = await events.__anext__()      # prompt errors surface here, before any byte is sent
     assert isinstance(report, PromptReport)
+    remember_segments(engine_request.segments, engine_request.tenant, services.engine.segment_store)
     id_ = protocol.new_id("chatcmpl" if chat else "cmpl")
     model = services.engine.loaded.model_id
     run = _Run(services, engine_request, report, started)

@@ -13,7 +13,7 @@ from segcache.engine.engine import Engine
 from segcache.engine.request import EngineRequest, Finished, PromptReport
 from segcache.server.auth import KeyMap
 from segcache.server.errors import ApiError
-from segcache.server.metrics import Metrics
+from segcache.server.metrics import Metrics, ServerFigures, TenantFigures
 
 
 @dataclass
@@ -28,6 +28,26 @@ class Services:
 
     def tenant(self, request: Request) -> str:
         return self.keys.tenant_for(request.headers.get("authorization"))
+
+    def is_admin(self, request: Request) -> bool:
+        return self.keys.is_admin(request.headers.get("authorization"))
+
+    def viewer(self, request: Request) -> str | None:
+        """Whose figures a caller may read: None for the admin (everything), else its own tenant.
+
+        Without configured keys there is one tenant, so it reads everything too."""
+        if self.is_admin(request) or not self.keys.multi_tenant:
+            return None
+        return self.tenant(request)
+
+    def figures(self) -> ServerFigures:
+        engine = self.engine
+        with engine.tree_lock:
+            tree = engine.tree
+            tenants = tuple(TenantFigures(tenant, tree.scope_bytes(scope := engine.scope(tenant)),
+                                          tree.scope_nodes(scope), tree.pinned_bytes(scope), tree.share(scope),
+                                          engine.queued(tenant)) for tenant in engine.tenants)
+            return ServerFigures(tree.used_bytes, self.config.cache_bytes, tree.num_nodes, engine.queue_depth, tenants)
 
     def check_model(self, model: str) -> None:
         served = self.engine.loaded.model_id
