@@ -46,7 +46,7 @@ class Services:
             tree = engine.tree
             tenants = tuple(TenantFigures(tenant, tree.scope_bytes(scope := engine.scope(tenant)),
                                           tree.scope_nodes(scope), tree.pinned_bytes(scope), tree.share(scope),
-                                          engine.queued(tenant)) for tenant in engine.tenants)
+                                          engine.queued(tenant)) for tenant in sorted(set(engine.tenants) | self.keys.tenants))
             return ServerFigures(tree.used_bytes, self.config.cache_bytes, tree.num_nodes, engine.queue_depth, tenants)
 
     def check_model(self, model: str) -> None:
