@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import asdict
@@ -60,7 +61,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tenant=tenant, kind="chat", messages=body.plain_messages(), segments=segments,
         sampling=body.sampling(services.config.max_tokens_default),
         reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=True)
+    return await _generate(services, engine_request, body, chat=True, http=request)
 
 
 @router.post("/v1/completions")
@@ -72,13 +73,13 @@ async def completions(body: CompletionRequest, request: Request):
         tenant=tenant, kind="completion", prompt=body.prompt_text(),
         segments=resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry),
         sampling=body.sampling(16), reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=False)
+    return await _generate(services, engine_request, body, chat=False, http=request)
 
 
 # ---------------------------------------------------------------- generation
 
 
-async def _generate(services: Services, engine_request: EngineRequest, body, chat: bool):
+async def _generate(services: Services, engine_request: EngineRequest, body, chat: bool, http: Request | None = None):
     started = time.perf_counter()
     events = services.engine.stream(engine_request).__aiter__()
     report = await events.__anext__()      # prompt errors surface here, before any byte is sent
@@ -90,10 +91,39 @@ async def _generate(services: Services, engine_request: EngineRequest, body, cha
     if body.stream:
         return StreamingResponse(_sse(run, events, id_, model, chat, body.include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    async for event in events:
-        run.observe(event)
+    if not await _collect(events, run, http):
+        return JSONResponse({}, status_code=499)   # nobody is listening; the engine has stopped
     make = protocol.chat_completion if chat else protocol.text_completion
     return JSONResponse(make(id_, model, run.finished.text, run.finished.finish_reason, run.usage(), run.timings()))
+
+
+async def _collect(events: AsyncIterator, run: "_Run", http: Request | None) -> bool:
+    """Observe every event; False if the client went away first, in which case the engine stream is
+    closed (which cancels the job within one decode step), as a dropped SSE stream does."""
+    async def consume() -> None:
+        async for event in events:
+            run.observe(event)
+
+    consuming = asyncio.ensure_future(consume())
+    watching = asyncio.ensure_future(_disconnected(http)) if http is not None else None
+    try:
+        await asyncio.wait([t for t in (consuming, watching) if t is not None], return_when=asyncio.FIRST_COMPLETED)
+        if consuming.done():
+            consuming.result()
+            return True
+        consuming.cancel()
+        await asyncio.gather(consuming, return_exceptions=True)   # its generator's finally cancels the job
+        return False
+    finally:
+        if watching is not None:
+            watching.cancel()
+        await events.aclose()
+
+
+async def _disconnected(http: Request) -> None:
+    """Returns once the client has closed its connection (the body is already read)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _sse(run: "_Run", events: AsyncIterator, id_: str, model: str, chat: bool,
