@@ -12,6 +12,7 @@ from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
 from segcache.server.auth import KeyMap
 from segcache.server.errors import install_error_handlers
+from segcache.server.limits import BodyLimit
 from segcache.server.metrics import Metrics
 from segcache.server.services import Services
 
@@ -42,6 +43,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(cache_routes.router)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     return app
 
 

@@ -14,6 +14,7 @@ from segcache.engine.prompt import SegmentText
 from segcache.engine.request import EngineRequest, PromptReport, SegmentInput
 from segcache.server import protocol
 from segcache.server.errors import ApiError
+from segcache.server.limits import check_prompt_limits
 from segcache.server.protocol import RegistryPut, WarmRequest
 from segcache.server.segments import remember_segments, resolve_segments
 from segcache.server.services import Services, services_of
@@ -28,6 +29,7 @@ async def warm(body: WarmRequest, request: Request) -> dict:
     tenant = services.tenant(request)
     services.check_model(body.model)
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
+    check_prompt_limits(services.config, segments)
     report = await _warm(services, tenant, segments, body.pin, body.segment_boundary == "reject", body.unpin)
     remember_segments(segments, tenant, services.engine.segment_store)
     cached = len(report.receipts) if services.config.cache_enabled else 0   # warm caches every segment it sends
@@ -108,6 +110,7 @@ async def put_segment(name: str, body: RegistryPut, request: Request) -> dict:
     services = services_of(request)
     tenant = services.tenant(request)
     _check_name(name)
+    check_prompt_limits(services.config, texts=[body.content])
     _check_registry_room(services, tenant, name, body.content)
     # Every check that can refuse the PUT (size, pin quota, context) runs before anything is stored.
     tokenizer = services.engine.loaded.tokenizer

@@ -16,6 +16,7 @@ from segcache.engine.prompt import SegmentText
 from segcache.engine.request import EngineRequest, Finished, PromptReport, SegmentInput, TextDelta
 from segcache.server import protocol
 from segcache.server.errors import ApiError
+from segcache.server.limits import check_prompt_limits
 from segcache.server.protocol import ChatCompletionRequest, CompletionRequest
 from segcache.server.segments import remember_segments, resolve_segments
 from segcache.server.services import Services, services_of
@@ -57,9 +58,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
     if (tools := body.tools_text()) is not None:
         segments += (SegmentInput(SegmentText(tools, "tools", segment_hash(tools))),)
+    messages, sampling = body.plain_messages(), body.sampling(services.config.max_tokens_default)
+    check_prompt_limits(services.config, segments, [m["content"] for m in messages], len(messages), sampling.stop)
     engine_request = EngineRequest(
-        tenant=tenant, kind="chat", messages=body.plain_messages(), segments=segments,
-        sampling=body.sampling(services.config.max_tokens_default),
+        tenant=tenant, kind="chat", messages=messages, segments=segments, sampling=sampling,
         reject_split=body.segment_boundary == "reject")
     return await _generate(services, engine_request, body, chat=True, http=request)
 
@@ -69,10 +71,12 @@ async def completions(body: CompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
+    sampling = body.sampling(16)
+    check_prompt_limits(services.config, segments, [body.prompt_text()], 0, sampling.stop)
     engine_request = EngineRequest(
-        tenant=tenant, kind="completion", prompt=body.prompt_text(),
-        segments=resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry),
-        sampling=body.sampling(16), reject_split=body.segment_boundary == "reject")
+        tenant=tenant, kind="completion", prompt=body.prompt_text(), segments=segments,
+        sampling=sampling, reject_split=body.segment_boundary == "reject")
     return await _generate(services, engine_request, body, chat=False, http=request)
 
 
