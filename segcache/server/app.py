@@ -13,6 +13,7 @@ from segcache.engine.engine import Engine
 from segcache.server.auth import KeyMap
 from segcache.server.errors import install_error_handlers
 from segcache.server.limits import BodyLimit
+from segcache.server.openapi import install_openapi
 from segcache.server.metrics import Metrics
 from segcache.server.services import Services
 
@@ -44,6 +45,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(cache_routes.router)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    install_openapi(app)
     return app
 
 

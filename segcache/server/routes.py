@@ -137,6 +137,7 @@ async def _sse(run: "_Run", events: AsyncIterator, id_: str, model: str, chat: b
             yield _data(protocol.chat_chunk(id_, model, {"role": "assistant", "content": ""}))
         async for event in events:
             run.observe(event)
+            run.services.shutdown.raise_if_overdue()
             if isinstance(event, TextDelta):
                 yield _data(protocol.chat_chunk(id_, model, {"content": event.text}) if chat
                             else protocol.text_chunk(id_, model, event.text))

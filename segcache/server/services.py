@@ -14,6 +14,7 @@ from segcache.engine.request import EngineRequest, Finished, PromptReport
 from segcache.server.auth import KeyMap
 from segcache.server.errors import ApiError
 from segcache.server.metrics import Metrics, ServerFigures, TenantFigures
+from segcache.server.shutdown import Shutdown
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     registry: Registry = field(default_factory=Registry)
     trace: object | None = None          # a TraceWriter when --trace-file is set
     started_at: int = field(default_factory=lambda: int(time.time()))
+    shutdown: Shutdown = field(default_factory=Shutdown)
 
     def tenant(self, request: Request) -> str:
         return self.keys.tenant_for(request.headers.get("authorization"))
