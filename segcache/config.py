@@ -24,6 +24,17 @@ def parse_bytes(text: str | int) -> int:
     return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
 
 
+def parse_share(text: str | int) -> int | str:
+    """'auto', 'off' or a size ('256MiB') -> 'auto', 'off' or bytes."""
+    if isinstance(text, str) and text.strip().lower() in ("auto", "off"):
+        return text.strip().lower()
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a tenant share: use 'auto', 'off' or a size such as 256MiB") \
+            from None
+
+
 def _flag(default: Any, help: str, parse: Any = None, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
 
@@ -45,10 +56,10 @@ class ServeConfig:
                                       parse=parse_bytes)
     segment_store_bytes: int = _flag(256 << 20, "bytes of segment text kept for hash-only references, per tenant",
                                      parse=parse_bytes)
-    tenant_cache_share: int | None = _flag(None, "KV bytes each tenant may keep before others' traffic evicts it "
-                                           "(default: the budget divided by the tenants holding KV, at least "
-                                           "1/8 of it); pins are limited to this share (default: 1/8)",
-                                           parse=parse_bytes)
+    tenant_cache_share: int | str = _flag("auto", "KV bytes each tenant may keep before others' traffic evicts it; "
+                                          "'auto' = the budget divided by the tenants holding KV, at least 1/8 "
+                                          "of it; 'off' = one LRU for all tenants. Pins are limited to this "
+                                          "share (auto: 1/8 of the budget)", parse=parse_share)
     admin_key: str | None = _flag(None, "API key that reads server-wide metrics, health and the tenant list "
                                   "(also SEGCACHE_ADMIN_KEY)")
     max_body_bytes: int = _flag(8 << 20, "largest request body accepted (413 request_too_large)", parse=parse_bytes)
@@ -82,8 +93,7 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_prompt_chars", "max_messages", "max_stop_bytes", "max_registry_entries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.tenant_cache_share is not None and self.tenant_cache_share < 0:
-            raise ValueError("--tenant-cache-share must not be negative")
+        parse_share(self.tenant_cache_share)
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
 

@@ -24,6 +24,7 @@ class SharePolicy:
     share_bytes: int | None = None  # every scope's share; None = budget / active scopes, at least the floor
     floor_bytes: int | None = None  # smallest fair share; None = capacity_bytes // DEFAULT_FLOOR_DIVISOR
     pin_quota_bytes: int | None = None  # an extra per-scope cap on pinned bytes (None: the guaranteed share)
+    lru_only: bool = False  # no shares: one LRU across scopes; pins are then capped by the quota and budget only
 
     def __post_init__(self) -> None:
         for name in ("share_bytes", "floor_bytes", "pin_quota_bytes"):
@@ -43,5 +44,5 @@ class SharePolicy:
     def pin_limit(self, capacity_bytes: int) -> int:
         """Bytes one scope may pin whatever other scopes do: its guaranteed share, capped by the quota."""
         guaranteed = self.share_bytes if self.share_bytes is not None else self.floor(capacity_bytes)
-        guaranteed = min(guaranteed, capacity_bytes)
+        guaranteed = capacity_bytes if self.lru_only else min(guaranteed, capacity_bytes)
         return guaranteed if self.pin_quota_bytes is None else min(guaranteed, self.pin_quota_bytes)

@@ -224,7 +224,7 @@ class SegmentTree:
 
     def share(self, scope: ScopeKey) -> int:
         """`scope`'s share of the budget now (the whole budget without a SharePolicy)."""
-        if self.shares is None:
+        if self.shares is None or self.shares.lru_only:
             return self.capacity_bytes
         active = sum(1 for key, totals in self._totals.items() if totals.num_bytes or key == scope)
         return self.shares.share(self.capacity_bytes, active)
@@ -376,7 +376,7 @@ class SegmentTree:
         for scope, heap in self._lru.items():
             if (node := heap.peek()) is None:
                 continue
-            if self.shares is None:
+            if self.shares is None or self.shares.lru_only:
                 rank: tuple[float, ...] = (node.last_access,)
             else:
                 rank = (self.share(scope) - self._totals[scope].num_bytes, node.last_access)

@@ -35,6 +35,12 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+def _share_policy(config: ServeConfig) -> SharePolicy | None:
+    share = config.tenant_cache_share
+    return SharePolicy(share_bytes=share if isinstance(share, int) else None, lru_only=share == "off",
+                       pin_quota_bytes=config.pin_bytes_per_tenant)
+
+
 class _Done:
     """End of a job's event stream."""
 
@@ -47,8 +53,7 @@ class Engine:
         # the same count, since the count can change the order of reductions.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
-        shares = SharePolicy(share_bytes=config.tenant_cache_share, pin_quota_bytes=config.pin_bytes_per_tenant)
-        self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time, shares=shares)
+        self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config))
         self.tree_lock = threading.RLock()
         self.segment_store = SegmentStore(config.segment_store_bytes)
         self.evictions: list[Callable[[list[Eviction]], None]] = []   # observers (metrics)

@@ -129,3 +129,12 @@ def test_share_policy_rejects_negative_sizes_and_computes_fair_shares():
     assert policy.share(800, 1) == 800 and policy.share(800, 4) == 200 and policy.share(800, 100) == 100
     assert policy.pin_limit(800) == 100 and SharePolicy(pin_quota_bytes=7).pin_limit(800) == 7
     assert SharePolicy(share_bytes=300).share(800, 9) == 300
+
+
+def test_lru_only_keeps_one_lru_and_caps_pins_by_the_quota():
+    tree = SegmentTree(100, clock=FakeClock(), shares=SharePolicy(lru_only=True, pin_quota_bytes=30))
+    warm = [leaf(tree, ACME, f"acme-{i}") for i in range(4)]
+    for i in range(10):
+        leaf(tree, GLOBEX, f"globex-{i}")
+    assert not any(tree.contains(node) for node in warm)
+    assert tree.pin_limit() == 30 and tree.share(ACME) == 100
