@@ -7,6 +7,8 @@ import contextlib
 import json
 import sys
 
+import httpx
+
 from segcache.reliability.target import Target, generated_keys, parse_keys, spawned_server
 
 
@@ -68,7 +70,7 @@ def _target(args: argparse.Namespace, keys: dict[str, str], extra_flags: tuple[s
 
 
 def run_load_command(args: argparse.Namespace) -> int:
-    from segcache.reliability.bad_inputs import markdown_table, run_bad_inputs
+    from segcache.reliability.bad_inputs import LIMIT_FLAGS, markdown_table, run_bad_inputs
     from segcache.reliability.load import LoadConfig, run_load
 
     try:
@@ -77,13 +79,20 @@ def run_load_command(args: argparse.Namespace) -> int:
             keys = generated_keys([f"tenant-{i}" for i in range(args.tenants)], keys_per_tenant=2)
         config = LoadConfig(clients=args.clients, duration_s=args.duration, max_requests=args.max_requests,
                             max_tokens=args.max_tokens, clear_cache=not args.no_clears)
-        with _target(args, keys, ("--pin-bytes-per-tenant", args.pin_bytes_per_tenant)) as target:
+        flags = ("--pin-bytes-per-tenant", args.pin_bytes_per_tenant)
+        if args.bad_inputs:
+            flags += tuple(str(part) for item in LIMIT_FLAGS.items() for part in item)
+        with _target(args, keys, flags) as target:
             if args.bad_inputs:
                 rows, after = run_bad_inputs(target)
             else:
                 report = run_load(target, config)
     except (ValueError, RuntimeError, TimeoutError) as exc:
         print(f"segcache load: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:   # the server went away mid-run: say so, no traceback
+        print(f"segcache load: the server stopped answering ({type(exc).__name__}: {exc}); "
+              "see its log (--server-log with --spawn)", file=sys.stderr)
         return 2
     if args.bad_inputs:
         if args.json:
