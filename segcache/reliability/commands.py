@@ -32,6 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="leave DELETE /v1/cache (clients clearing their tenant's cache mid-run) out of the mix")
     load.add_argument("--bad-inputs", action="store_true",
                       help="instead of the load run, send each kind of bad request once and print the table")
+    load.add_argument("--noisy-neighbour", action="store_true",
+                      help="instead of the load run: tenant A reads its warmed segments while tenant B floods at "
+                           "10x its rate; with --spawn, once with tenant shares and once with one LRU")
+    load.add_argument("--rounds", type=int, default=30, help="with --noisy-neighbour: A's requests (default: 30)")
     load.set_defaults(run=run_load_command)
 
     audit = commands.add_parser(
@@ -69,10 +73,38 @@ def _target(args: argparse.Namespace, keys: dict[str, str], extra_flags: tuple[s
         yield target
 
 
+def run_noisy_command(args: argparse.Namespace) -> int:
+    from segcache.reliability.noisy import NoisyConfig, as_text, run_noisy
+
+    try:
+        config = NoisyConfig(rounds=args.rounds)
+        keys = parse_keys(args.keys) or generated_keys(["tenant-a", "tenant-b"], keys_per_tenant=1)
+        modes = [("shares", "auto"), ("one LRU", "off")] if args.spawn else [("this server", None)]
+        results = []
+        for label, share in modes:
+            flags = ("--pin-bytes-per-tenant", args.pin_bytes_per_tenant) + (
+                ("--tenant-cache-share", share) if share else ())
+            with _target(args, keys, flags) as target:
+                results.append(run_noisy(target, config, label))
+    except (ValueError, RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        print(f"segcache load --noisy-neighbour: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"label": r.label, "hit_rates": r.hit_rates, "overall": r.overall,
+                           "flood_statuses": r.flood_statuses, "peak_bytes": r.peak_bytes,
+                           "capacity_bytes": r.capacity_bytes, "checks_clean": r.checks_clean} for r in results],
+                         indent=2))
+    else:
+        print(as_text(results, config))
+    return 0 if all(r.checks_clean and r.peak_bytes <= r.capacity_bytes for r in results) else 1
+
+
 def run_load_command(args: argparse.Namespace) -> int:
     from segcache.reliability.bad_inputs import LIMIT_FLAGS, markdown_table, run_bad_inputs
     from segcache.reliability.load import LoadConfig, run_load
 
+    if args.noisy_neighbour:
+        return run_noisy_command(args)
     try:
         keys = parse_keys(args.keys)
         if args.spawn and not keys:
