@@ -18,6 +18,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from segcache.cache.eviction import EvictionOrder
 from segcache.cache.heap import LazyHeap
 from segcache.cache.invariants import check_tree
 from segcache.cache.keys import ChainKey, ScopeKey, chain_key, root_chain_key
@@ -70,7 +71,7 @@ class SegmentTree:
         self._used_bytes = 0
         self._num_nodes = 0
         self._tombstones: OrderedDict[ChainKey, MissReason] = OrderedDict()  # least recently removed first
-        self._lru: dict[ScopeKey, LazyHeap] = {}  # per scope, so eviction can choose whom to take from
+        self._lru = EvictionOrder(self._is_lru_candidate)
         self._pinned_bytes = 0
         self._expiry = LazyHeap(lambda node: node.expires_at, self._has_expiry)  # type: ignore[arg-type,return-value]
 
@@ -93,7 +94,7 @@ class SegmentTree:
                         lock_count=1, last_access=now, created_at=now, chain_key=root_chain_key(scope))
             self._roots[scope] = root
             self._totals[scope] = ScopeTotals()
-            self._lru[scope] = LazyHeap(lambda node: node.last_access, self._is_lru_candidate)
+            self._lru.add_scope(scope)
         return root
 
     def match(self, scope: ScopeKey, parts: Sequence[PartSpec]) -> MatchResult:
@@ -141,7 +142,7 @@ class SegmentTree:
         self._count(node, +1)
         self._tombstones.pop(node.chain_key, None)
         self._set_expiry(node, now, ttl_seconds)
-        self._lru_push(node)
+        self._lru.push(node)
         return node
 
     def contains(self, node: Node) -> bool:
@@ -162,7 +163,7 @@ class SegmentTree:
                 raise ValueError(f"unlock of node {node.name} without a matching lock")
         for node in nodes:
             node.lock_count -= 1
-            self._lru_push(node)
+            self._lru.push(node)
 
     def touch(self, nodes: Iterable[Node], hit: bool = True) -> None:
         """Record a use now: last_access = now, and hits += 1 if `hit`."""
@@ -170,7 +171,7 @@ class SegmentTree:
         for node in self._require_live(nodes):
             node.last_access = now
             node.hits += int(hit)
-            self._lru_push(node)
+            self._lru.push(node)
 
     def set_ttl(self, nodes: Iterable[Node], ttl_seconds: float | None) -> None:
         """expires_at = now + ttl_seconds for each node (None: never expires); may shorten a ttl."""
@@ -204,7 +205,7 @@ class SegmentTree:
                 self._totals[node.scope].pinned_bytes -= node.num_bytes
                 self._pinned_bytes -= node.num_bytes
                 unpinned += node.num_bytes
-                self._lru_push(node)
+                self._lru.push(node)
         return unpinned
 
     def unpin_scope(self, scope: ScopeKey) -> int:
@@ -226,8 +227,7 @@ class SegmentTree:
         """`scope`'s share of the budget now (the whole budget without a SharePolicy)."""
         if self.shares is None or self.shares.lru_only:
             return self.capacity_bytes
-        active = sum(1 for key, totals in self._totals.items() if totals.num_bytes or key == scope)
-        return self.shares.share(self.capacity_bytes, active)
+        return self.shares.share(self.capacity_bytes, self._num_active() + (self.scope_bytes(scope) == 0))
 
     def evict(self, num_bytes: int) -> list[Eviction]:
         """Remove expired nodes, then least-recently-used leaves until at least `num_bytes` are freed in all.
@@ -268,7 +268,7 @@ class SegmentTree:
                 self._unlink(node)
         totals = self._totals.pop(scope)
         del self._roots[scope]
-        del self._lru[scope]
+        self._lru.remove_scope(scope)
         self._pinned_bytes -= totals.pinned_bytes
         self._used_bytes -= totals.num_bytes
         self._num_nodes -= totals.num_nodes
@@ -302,11 +302,11 @@ class SegmentTree:
         `within_budget` (as the engine leaves the tree after every insert): bytes in use <= the budget
         unless nothing more could be evicted (every remaining leaf is locked or pinned).
         """
-        lru = set().union(*(heap.candidates() for heap in self._lru.values()))
+        lru = self._lru.candidates()
         check_tree(self._roots, self._totals, self._used_bytes, self._num_nodes, self._tombstones,
                    lru_candidates=(lru, self._is_lru_candidate),
                    expiry_candidates=(self._expiry.candidates(), self._has_expiry))
-        assert set(self._lru) == set(self._roots), "scopes with an LRU heap != scopes with a root"
+        assert self._lru.scopes() == set(self._roots), "scopes with an LRU heap != scopes with a root"
         pinned = sum(totals.pinned_bytes for totals in self._totals.values())
         assert pinned == self._pinned_bytes, f"pinned bytes {self._pinned_bytes} != recomputed {pinned}"
         assert pinned <= self.capacity_bytes, f"{pinned} pinned bytes exceed the budget {self.capacity_bytes}"
@@ -349,7 +349,7 @@ class SegmentTree:
         self._unlink(node)
         self._count(node, -1)
         self._bury(node.chain_key, reason)
-        self._lru_push(parent)  # type: ignore[arg-type]  # it may just have become a leaf
+        self._lru.push(parent)  # type: ignore[arg-type]  # it may just have become a leaf
         return Eviction(node.scope, node.key, len(node.token_ids), node.num_bytes, reason)  # type: ignore[arg-type]
 
     def _unlink(self, node: Node) -> None:
@@ -365,24 +365,16 @@ class SegmentTree:
         self._used_bytes += sign * node.num_bytes
         self._num_nodes += sign
 
-    def _lru_push(self, node: Node) -> None:
-        heap = self._lru.get(node.scope)
-        if heap is not None:
-            heap.push(node)
-
     def _pop_victim(self) -> Node | None:
         """The next leaf to evict: the oldest of all, or with shares the oldest of the scope furthest over."""
-        best: tuple[tuple[float, ...], ScopeKey] | None = None
-        for scope, heap in self._lru.items():
-            if (node := heap.peek()) is None:
-                continue
-            if self.shares is None or self.shares.lru_only:
-                rank: tuple[float, ...] = (node.last_access,)
-            else:
-                rank = (self.share(scope) - self._totals[scope].num_bytes, node.last_access)
-            if best is None or rank < best[0]:
-                best = (rank, scope)
-        return self._lru[best[1]].pop() if best is not None else None
+        if self.shares is None or self.shares.lru_only:
+            return self._lru.pop()
+        share = self.shares.share(self.capacity_bytes, self._num_active())  # the same for every scope holding bytes
+        return self._lru.pop(lambda scope: share - self._totals[scope].num_bytes)
+
+    def _num_active(self) -> int:
+        """Scopes holding bytes: the ones the budget is shared between."""
+        return sum(1 for totals in self._totals.values() if totals.num_bytes)
 
     def _bury(self, key: ChainKey, reason: MissReason) -> None:
         if self.max_tombstones == 0:
