@@ -106,6 +106,7 @@ class Executor:
         finally:
             with self.tree_lock:
                 self.tree.unlock(held)
+                self.on_evict(self.tree.evict_to_capacity())   # so the budget holds while it decodes, too
         return state, self._report(request, prompt, match, chain, time.perf_counter() - started, queue_s)
 
     def _insert(self, parent: Node, spec: PartSpec, kv: torch.Tensor, ttl: float | None) -> Node | None:

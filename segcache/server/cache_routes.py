@@ -62,7 +62,8 @@ async def unpin_all(request: Request) -> dict:
 
 @router.get("/v1/cache")
 async def inspect(request: Request, format: str = "json", check: bool = False):
-    """This tenant's nodes; `check=true` also verifies the whole tree's invariants (500 if broken)."""
+    """This tenant's nodes; `check=true` also verifies the whole tree's invariants, the budget and the
+    pin limits included (500 if broken)."""
     services = services_of(request)
     tenant = services.tenant(request)
     engine = services.engine
@@ -70,7 +71,7 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     with engine.tree_lock:
         if check:
             try:
-                engine.tree.check()
+                engine.tree.check(within_budget=True)
             except AssertionError as exc:
                 raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
         if format == "text":
