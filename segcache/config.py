@@ -24,6 +24,17 @@ def parse_bytes(text: str | int) -> int:
     return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
 
 
+def parse_share(text: str | int) -> int | str:
+    """'auto', 'off' or a size ('256MiB') -> 'auto', 'off' or bytes."""
+    if isinstance(text, str) and text.strip().lower() in ("auto", "off"):
+        return text.strip().lower()
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a tenant share: use 'auto', 'off' or a size such as 256MiB") \
+            from None
+
+
 def _flag(default: Any, help: str, parse: Any = None, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
 
@@ -43,8 +54,24 @@ class ServeConfig:
     default_ttl: float | None = _flag(None, "seconds a cached segment lives when a request sets no ttl_seconds")
     pin_bytes_per_tenant: int = _flag(512 << 20, "KV bytes each tenant may pin against eviction",
                                       parse=parse_bytes)
-    segment_store_bytes: int = _flag(256 << 20, "bytes of segment text kept for hash-only references",
+    segment_store_bytes: int = _flag(256 << 20, "bytes of segment text kept for hash-only references, per tenant",
                                      parse=parse_bytes)
+    tenant_cache_share: int | str = _flag("auto", "KV bytes each tenant may keep before others' traffic evicts it; "
+                                          "'auto' = the budget divided by the tenants holding KV, at least 1/8 "
+                                          "of it; 'off' = one LRU for all tenants. Pins are limited to this "
+                                          "share (auto: 1/8 of the budget)", parse=parse_share)
+    admin_key: str | None = _flag(None, "API key that reads server-wide metrics, health and the tenant list "
+                                  "(also SEGCACHE_ADMIN_KEY)")
+    max_body_bytes: int = _flag(8 << 20, "largest request body accepted (413 request_too_large)", parse=parse_bytes)
+    max_prompt_chars: int = _flag(1 << 20, "most characters of text (messages, prompt, segments) in one request, "
+                                  "checked before tokenizing")
+    max_messages: int = _flag(2048, "most messages in one chat request")
+    max_stop_bytes: int = _flag(1024, "most UTF-8 bytes of all stop strings of one request together")
+    max_registry_entries: int = _flag(1024, "named segments each tenant may register")
+    max_registry_bytes: int = _flag(64 << 20, "UTF-8 bytes of named segment content each tenant may register",
+                                    parse=parse_bytes)
+    timeout_keep_alive: float = _flag(5.0, "seconds an idle keep-alive connection stays open")
+    shutdown_grace: float = _flag(10.0, "seconds SIGTERM waits for running requests before cancelling them")
     api_keys: str | None = _flag(None, "file of 'key:tenant' lines (also SEGCACHE_API_KEYS=key:tenant,...); "
                                  "none configured = single tenant, any key accepted")
     threads: int | None = _flag(None, "torch threads, fixed for the server's life (default: all cores)")
@@ -57,11 +84,16 @@ class ServeConfig:
             raise ValueError(f"--port must be 1..65535, got {self.port}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("cache_bytes", "pin_bytes_per_tenant", "segment_store_bytes", "max_tokens_default"):
+        for name in ("cache_bytes", "pin_bytes_per_tenant", "segment_store_bytes", "max_tokens_default",
+                     "max_registry_bytes", "timeout_keep_alive", "shutdown_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         if self.default_ttl is not None and self.default_ttl <= 0:
             raise ValueError("--default-ttl must be a positive number of seconds")
+        for name in ("max_body_bytes", "max_prompt_chars", "max_messages", "max_stop_bytes", "max_registry_entries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        parse_share(self.tenant_cache_share)
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
 

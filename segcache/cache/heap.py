@@ -53,6 +53,12 @@ class LazyHeap:
                 return node
         return None
 
+    def peek(self) -> Node | None:
+        """The candidate pop() would return, left in place."""
+        while self._entries and not self._is_valid(self._entries[0][0], self._entries[0][2]):
+            heapq.heappop(self._entries)
+        return self._entries[0][2] if self._entries else None
+
     def candidates(self) -> set[Node]:
         """Nodes with a valid entry (O(n), for invariant checks)."""
         return {node for priority, _, node in self._entries if self._is_valid(priority, node)}

@@ -1,7 +1,8 @@
 """The text of segments a tenant has sent, so later requests may refer to them by hash alone.
 
 Kept apart from the KV tree: text is small and cheap to keep long after its KV was evicted, so a
-hash-only request after an eviction still works (it is recomputed, not rejected).
+hash-only request after an eviction still works (it is recomputed, not rejected). Each tenant has a
+capacity of its own, so one tenant's texts can never push out another's.
 """
 
 from __future__ import annotations
@@ -12,37 +13,45 @@ from segcache.cache.keys import SegmentHash
 
 
 class SegmentStore:
-    """Per-tenant LRU map of segment hash -> content, bounded by total UTF-8 bytes."""
+    """Per-tenant LRU maps of segment hash -> content, each bounded by `capacity_bytes` of UTF-8."""
 
     def __init__(self, capacity_bytes: int):
         self.capacity_bytes = capacity_bytes
-        self.used_bytes = 0
-        self._entries: OrderedDict[tuple[str, SegmentHash], str] = OrderedDict()
+        self._tenants: dict[str, OrderedDict[SegmentHash, str]] = {}
+        self._used: dict[str, int] = {}
+
+    @property
+    def used_bytes(self) -> int:
+        """All tenants together."""
+        return sum(self._used.values())
+
+    def tenant_bytes(self, tenant: str) -> int:
+        return self._used.get(tenant, 0)
 
     def put(self, tenant: str, hash_: SegmentHash, content: str) -> None:
-        key = (tenant, hash_)
-        if key in self._entries:
-            self._entries.move_to_end(key)
+        entries = self._tenants.setdefault(tenant, OrderedDict())
+        if hash_ in entries:
+            entries.move_to_end(hash_)
             return
         size = len(content.encode())
         if size > self.capacity_bytes:
             return  # too big to remember; the request itself still works
-        self._entries[key] = content
-        self.used_bytes += size
-        while self.used_bytes > self.capacity_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self.used_bytes -= len(dropped.encode())
+        entries[hash_] = content
+        self._used[tenant] = self._used.get(tenant, 0) + size
+        while self._used[tenant] > self.capacity_bytes:
+            _, dropped = entries.popitem(last=False)
+            self._used[tenant] -= len(dropped.encode())
 
     def get(self, tenant: str, hash_: SegmentHash) -> str | None:
-        key = (tenant, hash_)
-        content = self._entries.get(key)
+        entries = self._tenants.get(tenant)
+        content = entries.get(hash_) if entries is not None else None
         if content is not None:
-            self._entries.move_to_end(key)
+            entries.move_to_end(hash_)  # type: ignore[union-attr]
         return content
 
     def clear(self, tenant: str) -> None:
-        for key in [k for k in self._entries if k[0] == tenant]:
-            self.used_bytes -= len(self._entries.pop(key).encode())
+        self._tenants.pop(tenant, None)
+        self._used.pop(tenant, None)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entries) for entries in self._tenants.values())

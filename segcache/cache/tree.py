@@ -18,17 +18,28 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from segcache.cache.eviction import EvictionOrder
 from segcache.cache.heap import LazyHeap
 from segcache.cache.invariants import check_tree
 from segcache.cache.keys import ChainKey, ScopeKey, chain_key, root_chain_key
 from segcache.cache.node import ChildId, Eviction, MatchResult, MissReason, Node, PartSpec, ScopeTotals
 from segcache.cache.render import render_scope
+from segcache.cache.shares import SharePolicy
 
-__all__ = ["Eviction", "MatchResult", "MissReason", "Node", "NodeLockedError", "PartSpec", "SegmentTree"]
+__all__ = ["Eviction", "MatchResult", "MissReason", "Node", "NodeLockedError", "PartSpec", "PinQuotaError",
+           "SegmentTree", "SharePolicy"]
 
 
 class NodeLockedError(RuntimeError):
     """A node in use by a running request blocks the operation; retry once the request finishes."""
+
+
+class PinQuotaError(ValueError):
+    """Pinning would pass the scope's pin limit or the budget; nothing was pinned."""
+
+    def __init__(self, needed: int, room: int):
+        super().__init__(f"pinning needs {needed} more bytes but only {room} may still be pinned")
+        self.needed, self.room = needed, room
 
 
 class SegmentTree:
@@ -39,24 +50,29 @@ class SegmentTree:
     - Lock a matched chain before using its payloads and unlock it when done: locked nodes are never removed.
     - insert() never evicts; call evict_to_capacity() once the request has unlocked its chain.
     - evict(0) is always safe: it removes only expired nodes.
-    - Pinned nodes are never removed to make room, but they do expire.
+    - Pinned nodes are never removed to make room, but they do expire. A scope pins at most its pin limit
+      (see SharePolicy.pin_limit; without a policy, the budget) and all scopes together at most the budget.
+    - With a SharePolicy, eviction takes from the scope furthest over its share first (LRU inside it);
+      without one, the least recently used leaf of any scope goes first.
     - A removed node is unlinked and its payload dropped (set to None).
     - Not thread-safe: one engine worker owns the tree.
     """
 
     def __init__(self, capacity_bytes: int, clock: Callable[[], float] = time.monotonic,
-                 max_tombstones: int = 100_000):
+                 max_tombstones: int = 100_000, shares: SharePolicy | None = None):
         if capacity_bytes < 0 or max_tombstones < 0:
             raise ValueError("capacity_bytes and max_tombstones must be >= 0")
         self.capacity_bytes = capacity_bytes
         self.max_tombstones = max_tombstones  # removed positions remembered, to tell evicted/expired from new
         self._clock = clock
+        self.shares = shares
         self._roots: dict[ScopeKey, Node] = {}
         self._totals: dict[ScopeKey, ScopeTotals] = {}
         self._used_bytes = 0
         self._num_nodes = 0
         self._tombstones: OrderedDict[ChainKey, MissReason] = OrderedDict()  # least recently removed first
-        self._lru = LazyHeap(lambda node: node.last_access, self._is_lru_candidate)
+        self._lru = EvictionOrder(self._is_lru_candidate)
+        self._pinned_bytes = 0
         self._expiry = LazyHeap(lambda node: node.expires_at, self._has_expiry)  # type: ignore[arg-type,return-value]
 
     @property
@@ -78,6 +94,7 @@ class SegmentTree:
                         lock_count=1, last_access=now, created_at=now, chain_key=root_chain_key(scope))
             self._roots[scope] = root
             self._totals[scope] = ScopeTotals()
+            self._lru.add_scope(scope)
         return root
 
     def match(self, scope: ScopeKey, parts: Sequence[PartSpec]) -> MatchResult:
@@ -164,25 +181,58 @@ class SegmentTree:
             self._set_expiry(node, now, ttl_seconds)
 
     def pin(self, nodes: Iterable[Node]) -> None:
-        """Keep nodes from being removed to make room (they still expire); idempotent."""
-        for node in self._require_live(nodes, roots=False):
-            if not node.pinned:
-                node.pinned = True
-                self._totals[node.scope].pinned_bytes += node.num_bytes
+        """Keep nodes from being removed to make room (they still expire); idempotent.
 
-    def unpin(self, nodes: Iterable[Node]) -> None:
-        """Undo pin(); idempotent."""
+        Raises PinQuotaError, pinning nothing, if a scope would pass pin_room().
+        """
+        nodes = list(dict.fromkeys(n for n in self._require_live(nodes, roots=False) if not n.pinned))
+        for scope, needed in _bytes_by_scope(nodes).items():
+            if needed > (room := self.pin_room(scope)):
+                raise PinQuotaError(needed, room)
+        if (needed := sum(n.num_bytes for n in nodes)) > self.capacity_bytes - self._pinned_bytes:
+            raise PinQuotaError(needed, self.capacity_bytes - self._pinned_bytes)
+        for node in nodes:
+            node.pinned = True
+            self._totals[node.scope].pinned_bytes += node.num_bytes
+            self._pinned_bytes += node.num_bytes
+
+    def unpin(self, nodes: Iterable[Node]) -> int:
+        """Undo pin(); idempotent. Returns the bytes unpinned."""
+        unpinned = 0
         for node in self._require_live(nodes, roots=False):
             if node.pinned:
                 node.pinned = False
                 self._totals[node.scope].pinned_bytes -= node.num_bytes
+                self._pinned_bytes -= node.num_bytes
+                unpinned += node.num_bytes
                 self._lru.push(node)
+        return unpinned
+
+    def unpin_scope(self, scope: ScopeKey) -> int:
+        """Unpin every node of `scope`; returns the bytes unpinned."""
+        return self.unpin([node for _, node in self.iter_nodes(scope) if node.pinned])
 
     def pinned_bytes(self, scope: ScopeKey) -> int:
         return self._totals[scope].pinned_bytes if scope in self._totals else 0
 
+    def pin_limit(self) -> int:
+        """Bytes one scope may pin in all."""
+        return self.shares.pin_limit(self.capacity_bytes) if self.shares else self.capacity_bytes
+
+    def pin_room(self, scope: ScopeKey) -> int:
+        """Bytes `scope` may still pin: within its pin limit, and within the budget for all scopes together."""
+        return max(0, min(self.pin_limit() - self.pinned_bytes(scope), self.capacity_bytes - self._pinned_bytes))
+
+    def share(self, scope: ScopeKey) -> int:
+        """`scope`'s share of the budget now (the whole budget without a SharePolicy)."""
+        if self.shares is None or self.shares.lru_only:
+            return self.capacity_bytes
+        return self.shares.share(self.capacity_bytes, self._num_active() + (self.scope_bytes(scope) == 0))
+
     def evict(self, num_bytes: int) -> list[Eviction]:
         """Remove expired nodes, then least-recently-used leaves until at least `num_bytes` are freed in all.
+
+        With a SharePolicy each leaf is taken from the scope furthest over its share (LRU within it).
 
         Expired: every expired node whose subtree is unlocked goes, with its subtree (leaves first; a dragged
         descendant that has not expired itself is reported EVICTED). Then unlocked, unpinned leaves go in
@@ -192,7 +242,7 @@ class SegmentTree:
         _require_non_negative(num_bytes=num_bytes)
         evictions = self._evict_expired(self._clock())
         freed = sum(eviction.num_bytes for eviction in evictions)
-        while freed < num_bytes and (node := self._lru.pop()) is not None:
+        while freed < num_bytes and (node := self._pop_victim()) is not None:
             evictions.append(self._remove(node, MissReason.EVICTED))
             freed += node.num_bytes
         return evictions
@@ -218,6 +268,8 @@ class SegmentTree:
                 self._unlink(node)
         totals = self._totals.pop(scope)
         del self._roots[scope]
+        self._lru.remove_scope(scope)
+        self._pinned_bytes -= totals.pinned_bytes
         self._used_bytes -= totals.num_bytes
         self._num_nodes -= totals.num_nodes
         return totals.num_bytes
@@ -243,11 +295,27 @@ class SegmentTree:
     def scope_nodes(self, scope: ScopeKey) -> int:
         return self._totals[scope].num_nodes if scope in self._totals else 0
 
-    def check(self) -> None:
-        """Raise AssertionError naming the first broken invariant (totals, links, locks, pins, heaps)."""
+    def check(self, within_budget: bool = False) -> None:
+        """Raise AssertionError naming the first broken invariant (totals, links, locks, pins, heaps, budget).
+
+        Pins: each scope's pinned bytes <= the pin limit, all pinned bytes <= the budget. With
+        `within_budget` (as the engine leaves the tree after every insert): bytes in use <= the budget
+        unless nothing more could be evicted (every remaining leaf is locked or pinned).
+        """
+        lru = self._lru.candidates()
         check_tree(self._roots, self._totals, self._used_bytes, self._num_nodes, self._tombstones,
-                   lru_candidates=(self._lru.candidates(), self._is_lru_candidate),
+                   lru_candidates=(lru, self._is_lru_candidate),
                    expiry_candidates=(self._expiry.candidates(), self._has_expiry))
+        assert self._lru.scopes() == set(self._roots), "scopes with an LRU heap != scopes with a root"
+        pinned = sum(totals.pinned_bytes for totals in self._totals.values())
+        assert pinned == self._pinned_bytes, f"pinned bytes {self._pinned_bytes} != recomputed {pinned}"
+        assert pinned <= self.capacity_bytes, f"{pinned} pinned bytes exceed the budget {self.capacity_bytes}"
+        for scope, totals in self._totals.items():
+            assert totals.pinned_bytes <= self.pin_limit(), \
+                f"scope {scope[:8]} pins {totals.pinned_bytes} bytes, over its limit {self.pin_limit()}"
+        if within_budget:
+            assert self._used_bytes <= self.capacity_bytes or not lru, \
+                f"{self._used_bytes} bytes in use exceed the budget {self.capacity_bytes} with evictable leaves"
 
     def render_text(self, scope: ScopeKey, now: float | None = None) -> str:
         """An ASCII drawing of the scope's tree: label (or key[:8]), tokens, bytes, hits, locks, pin, ttl left."""
@@ -293,8 +361,20 @@ class SegmentTree:
         totals.num_bytes += sign * node.num_bytes
         totals.num_nodes += sign
         totals.pinned_bytes += sign * node.num_bytes if node.pinned else 0
+        self._pinned_bytes += sign * node.num_bytes if node.pinned else 0
         self._used_bytes += sign * node.num_bytes
         self._num_nodes += sign
+
+    def _pop_victim(self) -> Node | None:
+        """The next leaf to evict: the oldest of all, or with shares the oldest of the scope furthest over."""
+        if self.shares is None or self.shares.lru_only:
+            return self._lru.pop()
+        share = self.shares.share(self.capacity_bytes, self._num_active())  # the same for every scope holding bytes
+        return self._lru.pop(lambda scope: share - self._totals[scope].num_bytes)
+
+    def _num_active(self) -> int:
+        """Scopes holding bytes: the ones the budget is shared between."""
+        return sum(1 for totals in self._totals.values() if totals.num_bytes)
 
     def _bury(self, key: ChainKey, reason: MissReason) -> None:
         if self.max_tombstones == 0:
@@ -336,3 +416,10 @@ def _require_non_negative(**values: float | None) -> None:
     for name, value in values.items():
         if value is not None and value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _bytes_by_scope(nodes: Iterable[Node]) -> Counter:
+    counts: Counter = Counter()
+    for node in nodes:
+        counts[node.scope] += node.num_bytes
+    return counts

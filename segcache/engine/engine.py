@@ -20,7 +20,7 @@ import torch
 
 from segcache.cache.keys import ScopeKey, scope_key
 from segcache.cache.segments import SegmentStore
-from segcache.cache.tree import Eviction, SegmentTree
+from segcache.cache.tree import Eviction, SegmentTree, SharePolicy
 from segcache.config import ServeConfig
 from segcache.engine.executor import Executor
 from segcache.engine.model import LoadedModel, load_model
@@ -35,6 +35,12 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+def _share_policy(config: ServeConfig) -> SharePolicy | None:
+    share = config.tenant_cache_share
+    return SharePolicy(share_bytes=share if isinstance(share, int) else None, lru_only=share == "off",
+                       pin_quota_bytes=config.pin_bytes_per_tenant)
+
+
 class _Done:
     """End of a job's event stream."""
 
@@ -47,24 +53,41 @@ class Engine:
         # the same count, since the count can change the order of reductions.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
-        self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time)
+        self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config))
         self.tree_lock = threading.RLock()
         self.segment_store = SegmentStore(config.segment_store_bytes)
         self.evictions: list[Callable[[list[Eviction]], None]] = []   # observers (metrics)
         self.executor = Executor(self.loaded, self.tree, self.tree_lock,
                                  dataclasses.replace(config, threads=torch.get_num_threads()), self.scope, self._on_evict)
+        self._tenants_by_scope: dict[ScopeKey, str] = {}
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="segcache-engine", daemon=True)
         self._worker.start()
 
     def scope(self, tenant: str) -> ScopeKey:
         loaded = self.loaded
-        return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
-                         loaded.tokenizer_fingerprint)
+        scope = scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
+                          loaded.tokenizer_fingerprint)
+        self._tenants_by_scope.setdefault(scope, tenant)
+        return scope
+
+    def tenant_of_scope(self, scope: ScopeKey) -> str | None:
+        """The tenant whose scope this is, once scope(tenant) has been asked."""
+        return self._tenants_by_scope.get(scope)
+
+    @property
+    def tenants(self) -> list[str]:
+        """Tenants that have reached the engine."""
+        return sorted(set(self._tenants_by_scope.values()))
 
     @property
     def queue_depth(self) -> int:
         return self._jobs.qsize()
+
+    def queued(self, tenant: str) -> int:
+        """This tenant's requests waiting for the worker."""
+        with self._jobs.mutex:
+            return sum(1 for job in self._jobs.queue if job is not None and job.request.tenant == tenant)
 
     def close(self) -> None:
         self._jobs.put(None)

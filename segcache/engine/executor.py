@@ -14,12 +14,12 @@ from collections.abc import Callable
 import torch
 
 from segcache.cache.keys import ScopeKey
-from segcache.cache.tree import Eviction, MatchResult, Node, PartSpec, SegmentTree
+from segcache.cache.tree import Eviction, MatchResult, Node, PartSpec, PinQuotaError, SegmentTree
 from segcache.config import ServeConfig
 from segcache.engine.model import LoadedModel
 from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt, build_completion_prompt
 from segcache.engine.request import EngineRequest, Finished, PromptReport, Receipt
-from segcache.engine.runner import PrefillState, Runner, kv_num_bytes
+from segcache.engine.runner import PrefillState, Runner, kv_bytes_per_token, kv_num_bytes
 from segcache.engine.decoding import Decoder
 
 Emit = Callable[[object], None]
@@ -31,16 +31,19 @@ class Executor:
         self.loaded, self.tree, self.tree_lock, self.config = loaded, tree, tree_lock, config
         self.scope_of, self.on_evict = scope_of, on_evict
         self.runner = Runner(loaded, threads=config.threads)
+        self.bytes_per_token = kv_bytes_per_token(loaded)
 
     def run(self, request: EngineRequest, emit: Emit, cancelled: Callable[[], bool], queued_at: float) -> None:
         started = time.perf_counter()
-        prompt = self.build_prompt(request)
-        state, report = self._prefill(request, prompt, queue_s=started - queued_at)
-        emit(report)
-        if request.kind != "warm":
-            emit(self._decode(request, state, emit, cancelled))
-        with self.tree_lock:
-            self.on_evict(self.tree.evict_to_capacity())
+        try:
+            prompt = self.build_prompt(request)
+            state, report = self._prefill(request, prompt, queue_s=started - queued_at)
+            emit(report)
+            if request.kind != "warm":
+                emit(self._decode(request, state, emit, cancelled))
+        finally:  # a failed request must not leave the tree over budget either
+            with self.tree_lock:
+                self.on_evict(self.tree.evict_to_capacity())
 
     def build_prompt(self, request: EngineRequest) -> Prompt:
         tokenizer, segments = self.loaded.tokenizer, [s.text for s in request.segments]
@@ -73,6 +76,8 @@ class Executor:
         with self.tree_lock:
             self.on_evict(self.tree.evict(0))
             match = self.tree.match(scope, matchable) if self.config.cache_enabled else MatchResult([], 0, None)
+            if request.pin and self.config.cache_enabled:
+                self._check_pin_room(scope, prompt, match)   # before anything changes: a refusal stores nothing
             self.tree.lock(match.nodes)
             self.tree.touch(match.nodes)
             self._refresh_ttl(request, prompt, match.nodes)
@@ -95,9 +100,13 @@ class Executor:
             chain = held if caching else []
             if request.pin and chain:
                 self._pin(scope, chain)
+            elif request.unpin and chain:
+                with self.tree_lock:
+                    self.tree.unpin(chain)
         finally:
             with self.tree_lock:
                 self.tree.unlock(held)
+                self.on_evict(self.tree.evict_to_capacity())   # so the budget holds while it decodes, too
         return state, self._report(request, prompt, match, chain, time.perf_counter() - started, queue_s)
 
     def _insert(self, parent: Node, spec: PartSpec, kv: torch.Tensor, ttl: float | None) -> Node | None:
@@ -116,17 +125,18 @@ class Executor:
             self.tree.touch([node], hit=False)
         return node
 
-    def _pin(self, scope, chain: list[Node]) -> None:
+    def _check_pin_room(self, scope: ScopeKey, prompt: Prompt, match: MatchResult) -> None:
+        new_tokens = sum(len(p.token_ids) for p in prompt.parts[len(match.nodes):])
+        needed = new_tokens * self.bytes_per_token + sum(n.num_bytes for n in match.nodes if not n.pinned)
+        if needed > (room := self.tree.pin_room(scope)):
+            raise _pin_quota_error(needed, room, self.tree.pinned_bytes(scope))
+
+    def _pin(self, scope: ScopeKey, chain: list[Node]) -> None:
         with self.tree_lock:
-            needed = sum(n.num_bytes for n in chain if not n.pinned)
-            quota = self.config.pin_bytes_per_tenant
-            if self.tree.pinned_bytes(scope) + needed > quota:
-                raise PromptError(
-                    f"pinning these segments needs {needed} more bytes, but this tenant already pins "
-                    f"{self.tree.pinned_bytes(scope)} of its {quota} bytes; they are cached but not pinned. "
-                    "Unpin or delete other pinned segments, or warm without pin", "pin_quota_exceeded",
-                    param="pin", status=409)
-            self.tree.pin(chain)
+            try:
+                self.tree.pin(chain)
+            except PinQuotaError as exc:  # checked before prefill; only a concurrent change can land here
+                raise _pin_quota_error(exc.needed, exc.room, self.tree.pinned_bytes(scope)) from exc
 
     def _ttl(self, request: EngineRequest, part: Part) -> float | None:
         if part.segment_index is not None and request.segments[part.segment_index].ttl_seconds is not None:
@@ -181,6 +191,14 @@ class Executor:
         for event in tail:
             emit(event)
         return finished
+
+
+def _pin_quota_error(needed: int, room: int, pinned: int) -> PromptError:
+    return PromptError(
+        f"pinning these segments needs {needed} more bytes of KV, but this tenant may pin only {room} more "
+        f"(it pins {pinned}; pins are limited to the tenant's guaranteed cache share and, for all tenants "
+        "together, to the cache budget). Nothing was cached or pinned: unpin with DELETE /v1/cache/pins, "
+        "pin fewer segments, or warm without pin", "pin_quota_exceeded", param="pin", status=409)
 
 
 def _receipt(segment, tokens: int, hit: bool, after_missed_segment: bool, match: MatchResult) -> Receipt:

@@ -113,7 +113,79 @@ def _message_parts(tokenizer, conversation: list[dict], start: int, add_generati
 
     Needs a prefix-stable template (ChatML and most others are); a template that rewrites earlier
     turns gets one part for the whole conversation, which is still correct, only less reusable.
+    Linear in the number of messages (see _cuts); the prefix-by-prefix way is the fallback.
     """
+    full = _render(tokenizer, conversation, False)
+    cuts = _cuts(tokenizer, conversation, start, full)
+    if cuts is None:
+        return _message_parts_by_prefixes(tokenizer, conversation, start, add_generation_prompt)
+    parts = [Part("message", conversation[i]["role"], full[cuts[i - start]:cuts[i - start + 1]])
+             for i in range(start, len(conversation))]
+    if add_generation_prompt:
+        text = _render(tokenizer, conversation, True)
+        if not text.startswith(full):
+            return _unsplittable(tokenizer, conversation, start, add_generation_prompt)
+        parts.append(Part("generation", "assistant", text[len(full):]))
+    return parts
+
+
+def _cuts(tokenizer, conversation: list[dict], start: int, full: str) -> list[int] | None:
+    """Where rendering conversation[:i] ends in `full`, for i = start..len: with a few renders, not one per message.
+
+    Render once with a marker after each message's content to find where each content ends; the text a
+    template closes a message with depends only on its role, so render up to the first message of each
+    role to learn it. None if any assumption fails (the caller then renders prefix by prefix).
+
+        full:  <|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n
+                                  ^ content end    ^ cut = content end + the role's closing text
+    """
+    ends = _content_ends(tokenizer, conversation, start, full)
+    if ends is None:
+        return None
+    closings: dict[str, str] = {}
+    cuts = [len(_render(tokenizer, conversation[:start], False)) if start else 0]
+    for i in range(start, len(conversation)):
+        role = conversation[i]["role"]
+        if role not in closings:
+            prefix = _render(tokenizer, conversation[:i + 1], False)
+            if not full.startswith(prefix) or len(prefix) < ends[i - start]:
+                return None
+            closings[role] = prefix[ends[i - start]:]
+        cut = ends[i - start] + len(closings[role])
+        if full[ends[i - start]:cut] != closings[role] or cut < cuts[-1]:
+            return None
+        cuts.append(cut)
+    return cuts if cuts[-1] == len(full) else None
+
+
+_MARK = "\x00segcache-cut-{}\x00"
+
+
+def _content_ends(tokenizer, conversation: list[dict], start: int, full: str) -> list[int] | None:
+    """For each message from `start` on, where its content ends in `full`; None if the template does
+    not carry a marker through untouched (or a message already contains one)."""
+    if any(_MARK.split("{")[0] in str(m.get("content")) for m in conversation):
+        return None
+    marks = [_MARK.format(i) for i in range(len(conversation))]
+    marked = [{**m, "content": m["content"] + marks[i]} if i >= start and isinstance(m.get("content"), str) else m
+              for i, m in enumerate(conversation)]
+    text = _render(tokenizer, marked, False)
+    ends, pieces, position, unmarked_len = [], [], 0, 0
+    for i in range(start, len(conversation)):
+        found = text.find(marks[i], position)
+        if found < 0:
+            return None
+        pieces.append(text[position:found])
+        unmarked_len += found - position
+        ends.append(unmarked_len)
+        position = found + len(marks[i])
+    pieces.append(text[position:])
+    return ends if "".join(pieces) == full else None
+
+
+def _message_parts_by_prefixes(tokenizer, conversation: list[dict], start: int,
+                               add_generation_prompt: bool) -> list[Part]:
+    """The reference cut: render the first i messages for every i (quadratic; the fallback)."""
     done = _render(tokenizer, conversation[:start], False) if start else ""
     parts: list[Part] = []
     for i in range(start, len(conversation)):

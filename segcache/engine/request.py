@@ -32,6 +32,7 @@ class EngineRequest:
     sampling: SamplingParams = SamplingParams(max_tokens=16)
     reject_split: bool = False                 # segment_boundary == "reject"
     pin: bool = False                          # warm only
+    unpin: bool = False                        # warm only: `pin: false` sent explicitly releases the chain
     keep_logits: bool = False                  # return the first-token logits (tests, audits)
 
 

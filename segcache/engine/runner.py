@@ -110,3 +110,11 @@ class Runner:
 
 def kv_num_bytes(kv: torch.Tensor) -> int:
     return kv.numel() * kv.element_size()
+
+
+def kv_bytes_per_token(loaded: LoadedModel) -> int:
+    """What one token's KV costs in a node payload (L, 2, H_kv, 1, D), so a pin can be priced before prefill."""
+    config = loaded.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = torch.empty((), dtype=loaded.dtype).element_size()
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * element

@@ -21,6 +21,10 @@ from segcache.reliability.target import Target, headers
 from segcache.reliability.words import random_words
 
 PROBE_NAME = "isolation-probe"
+# The work limits a spawned server runs with (small, so each is cheap to pass); a --url server is
+# assumed to run with the same flags.
+LIMIT_FLAGS = {"--max-body-bytes": 1 << 20, "--max-prompt-chars": 200_000, "--max-messages": 256,
+               "--max-stop-bytes": 256, "--max-registry-bytes": 64 << 10}
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ def cases(model: str, context_tokens: int, probe: str, other_tenant: bool) -> li
         chat("seed beyond 64 bits", 422, "invalid_request", seed=2**70),
         # Python's JSON reader (and so the server's) accepts the non-standard literal Infinity
         chat("ttl_seconds Infinity", 422, "invalid_request", segments=[{"content": probe[:40], "ttl_seconds": math.inf}]),
+        *limit_cases(model),
     ]
     if other_tenant:
         rows += [
@@ -119,6 +124,29 @@ def cases(model: str, context_tokens: int, probe: str, other_tenant: bool) -> li
     return rows
 
 
+def limit_cases(model: str) -> list[BadInput]:
+    """One request past each work limit of LIMIT_FLAGS, and the strict booleans."""
+    ask = [{"role": "user", "content": "hi"}]
+    body_bytes = LIMIT_FLAGS["--max-body-bytes"]
+    return [
+        BadInput("body over --max-body-bytes", "POST", "/v1/chat/completions", (413,), "request_too_large",
+                 raw=b'{"model": "%s", "messages": [{"role": "user", "content": "%s"}]}'
+                 % (model.encode(), b"a" * body_bytes)),
+        BadInput("message over --max-prompt-chars", "POST", "/v1/chat/completions", (413,), "prompt_too_large",
+                 {"model": model, "messages": [{"role": "user", "content": "a " * LIMIT_FLAGS["--max-prompt-chars"]}]}),
+        BadInput("more messages than --max-messages", "POST", "/v1/chat/completions", (400,), "too_many_messages",
+                 {"model": model, "messages": ask * (LIMIT_FLAGS["--max-messages"] + 1)}),
+        BadInput("stop strings over --max-stop-bytes", "POST", "/v1/chat/completions", (400,), "stop_too_long",
+                 {"model": model, "messages": ask, "stop": ["x" * (LIMIT_FLAGS["--max-stop-bytes"] // 2)] * 3}),
+        BadInput("registry content over --max-registry-bytes", "PUT", "/v1/segments/too-big", (413,),
+                 "registry_full", {"content": "b" * (LIMIT_FLAGS["--max-registry-bytes"] + 1)}),
+        BadInput("pin given as 0, not false", "POST", "/v1/cache/warm", (422,), "invalid_request",
+                 {"model": model, "pin": 0, "segments": [{"content": "x"}]}),
+        BadInput("include_usage given as 0", "POST", "/v1/chat/completions", (422,), "invalid_request",
+                 {"model": model, "messages": ask, "stream": True, "stream_options": {"include_usage": 0}}),
+    ]
+
+
 def run_bad_inputs(target: Target, seed: int = 0) -> tuple[list[Row], list[str]]:
     """Send every case; returns the rows and the after-checks (a normal request, the tree check)."""
     own = target.keys_of(target.tenants[0])[0]
@@ -129,8 +157,20 @@ def run_bad_inputs(target: Target, seed: int = 0) -> tuple[list[Row], list[str]]
         model = served_model(http, own)
         context = http.get("/v1/models", headers=headers(own)).json()["data"][0].get("context_length", 8192)
         _send_probe(http, own, model, probe)
+        before = _tenant_state(http, own)
     rows = [_send(target.url, case, keys) for case in cases(model, context, probe, other is not None)]
-    return rows, _after_checks(target, model)
+    with httpx.Client(base_url=target.url, timeout=600) as http:
+        unchanged = _tenant_state(http, own) == before
+    changed = "unchanged" if unchanged else "**CHANGED**"
+    return rows, [f"the own tenant's cache nodes and named segments after all {len(rows)} bad requests: "
+                  f"{changed}", *_after_checks(target, model)]
+
+
+def _tenant_state(http: httpx.Client, key: str | None) -> tuple:
+    """What a rejected request must not change: the tenant's nodes (access times, pins) and its registry."""
+    nodes = http.get("/v1/cache", headers=headers(key)).json()["nodes"]
+    named = http.get("/v1/segments", headers=headers(key)).json()["data"]
+    return nodes, named
 
 
 def _send_probe(http: httpx.Client, key: str | None, model: str, probe: str) -> None:

@@ -7,6 +7,8 @@ import contextlib
 import json
 import sys
 
+import httpx
+
 from segcache.reliability.target import Target, generated_keys, parse_keys, spawned_server
 
 
@@ -30,6 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="leave DELETE /v1/cache (clients clearing their tenant's cache mid-run) out of the mix")
     load.add_argument("--bad-inputs", action="store_true",
                       help="instead of the load run, send each kind of bad request once and print the table")
+    load.add_argument("--noisy-neighbour", action="store_true",
+                      help="instead of the load run: tenant A reads its warmed segments while tenant B floods at "
+                           "10x its rate; with --spawn, once with tenant shares and once with one LRU")
+    load.add_argument("--rounds", type=int, default=30, help="with --noisy-neighbour: A's requests (default: 30)")
     load.set_defaults(run=run_load_command)
 
     audit = commands.add_parser(
@@ -67,23 +73,58 @@ def _target(args: argparse.Namespace, keys: dict[str, str], extra_flags: tuple[s
         yield target
 
 
+def run_noisy_command(args: argparse.Namespace) -> int:
+    from segcache.reliability.noisy import NoisyConfig, as_text, run_noisy
+
+    try:
+        config = NoisyConfig(rounds=args.rounds)
+        keys = parse_keys(args.keys) or generated_keys(["tenant-a", "tenant-b"], keys_per_tenant=1)
+        modes = [("shares", "auto"), ("one LRU", "off")] if args.spawn else [("this server", None)]
+        results = []
+        for label, share in modes:
+            flags = ("--pin-bytes-per-tenant", args.pin_bytes_per_tenant) + (
+                ("--tenant-cache-share", share) if share else ())
+            with _target(args, keys, flags) as target:
+                results.append(run_noisy(target, config, label))
+    except (ValueError, RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        print(f"segcache load --noisy-neighbour: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"label": r.label, "hit_rates": r.hit_rates, "overall": r.overall,
+                           "flood_statuses": r.flood_statuses, "peak_bytes": r.peak_bytes,
+                           "capacity_bytes": r.capacity_bytes, "checks_clean": r.checks_clean} for r in results],
+                         indent=2))
+    else:
+        print(as_text(results, config))
+    return 0 if all(r.checks_clean and r.peak_bytes <= r.capacity_bytes for r in results) else 1
+
+
 def run_load_command(args: argparse.Namespace) -> int:
-    from segcache.reliability.bad_inputs import markdown_table, run_bad_inputs
+    from segcache.reliability.bad_inputs import LIMIT_FLAGS, markdown_table, run_bad_inputs
     from segcache.reliability.load import LoadConfig, run_load
 
+    if args.noisy_neighbour:
+        return run_noisy_command(args)
     try:
         keys = parse_keys(args.keys)
         if args.spawn and not keys:
             keys = generated_keys([f"tenant-{i}" for i in range(args.tenants)], keys_per_tenant=2)
         config = LoadConfig(clients=args.clients, duration_s=args.duration, max_requests=args.max_requests,
                             max_tokens=args.max_tokens, clear_cache=not args.no_clears)
-        with _target(args, keys, ("--pin-bytes-per-tenant", args.pin_bytes_per_tenant)) as target:
+        flags = ("--pin-bytes-per-tenant", args.pin_bytes_per_tenant)
+        if args.bad_inputs:
+            flags += tuple(str(part) for item in LIMIT_FLAGS.items() for part in item)
+        with _target(args, keys, flags) as target:
             if args.bad_inputs:
                 rows, after = run_bad_inputs(target)
             else:
                 report = run_load(target, config)
     except (ValueError, RuntimeError, TimeoutError) as exc:
         print(f"segcache load: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:   # the server went away mid-run: say so, no traceback
+        print(f"segcache load: the server stopped answering ({type(exc).__name__}: {exc}); "
+              "see its log (--server-log with --spawn)", file=sys.stderr)
         return 2
     if args.bad_inputs:
         if args.json:

@@ -66,7 +66,7 @@ def run_load(target: Target, config: LoadConfig) -> LoadReport:
         blocks = {t: tenant_blocks(t, config.seed, config.rules_words, config.agent_words) for t in target.tenants}
         for tenant, block in blocks.items():
             _register_guide(http, target.keys_of(tenant)[0], block.guide)
-        before = evictions_by_reason(read_metrics(http, target.any_key()))
+        before = evictions_by_reason(read_metrics(http, target.metrics_key()))
         outcomes: list[Outcome] = []
         started = time.monotonic()
         budget = _Budget(config.max_requests, started + config.duration_s)
@@ -79,7 +79,7 @@ def run_load(target: Target, config: LoadConfig) -> LoadReport:
             for thread in threads:
                 thread.join()
         wall_s = time.monotonic() - started
-        final = read_metrics(http, target.any_key())
+        final = read_metrics(http, target.metrics_key())
         after = evictions_by_reason(final)
         checks = tuple(check_tree(http, t, target.keys_of(t)[0]) for t in target.tenants)
     evictions = {reason: after[reason] - before.get(reason, 0.0) for reason in after}

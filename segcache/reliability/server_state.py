@@ -74,7 +74,7 @@ class MetricsPoller:
 
     def _sample(self, http: httpx.Client) -> None:
         try:
-            samples = read_metrics(http, self.target.any_key())
+            samples = read_metrics(http, self.target.metrics_key())
         except httpx.HTTPError:
             self._failed += 1
             return

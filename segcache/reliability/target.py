@@ -25,6 +25,7 @@ class Target:
 
     url: str
     keys: dict[str, str] = field(default_factory=dict)
+    admin_key: str | None = None  # reads the server-wide figures (a tenant's key sees only its own)
 
     def __post_init__(self) -> None:
         require_loopback(self.url)
@@ -39,6 +40,10 @@ class Target:
 
     def any_key(self) -> str | None:
         return self.keys_of(self.tenants[0])[0]
+
+    def metrics_key(self) -> str | None:
+        """The key whose /metrics show the whole server: the admin key, else (single tenant) any key."""
+        return self.admin_key or self.any_key()
 
 
 def headers(key: str | None) -> dict[str, str]:
@@ -79,7 +84,9 @@ def spawned_server(keys: dict[str, str], model: str, cache_bytes: str, extra_fla
         key_file.chmod(0o600)
         port = free_port()
         log = Path(log_path) if log_path else Path(tmp) / "server.log"
+        admin_key = f"sk-admin-{secrets.token_hex(8)}"
         env = {k: v for k, v in os.environ.items() if k != "SEGCACHE_API_KEYS"}  # the file is the only source
+        env["SEGCACHE_ADMIN_KEY"] = admin_key
         command = [sys.executable, "-m", "segcache", "serve", "--model", model, "--cache-bytes", cache_bytes,
                    "--api-keys", str(key_file), "--port", str(port), "--log-level", "warning", *extra_flags]
         with open(log, "w") as log_file:
@@ -87,7 +94,7 @@ def spawned_server(keys: dict[str, str], model: str, cache_bytes: str, extra_fla
         try:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, timeout_s, process, log)
-            yield Target(url, dict(keys))
+            yield Target(url, dict(keys), admin_key)
         finally:
             process.terminate()
             try:

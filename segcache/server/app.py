@@ -12,6 +12,8 @@ from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
 from segcache.server.auth import KeyMap
 from segcache.server.errors import install_error_handlers
+from segcache.server.limits import BodyLimit
+from segcache.server.openapi import install_openapi
 from segcache.server.metrics import Metrics
 from segcache.server.services import Services
 
@@ -20,13 +22,15 @@ log = logging.getLogger("segcache")
 
 def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     """`engine` lets a test share one loaded model between apps; normally the lifespan builds it."""
-    keys = KeyMap.load(config.api_keys)
+    keys = KeyMap.load(config.api_keys, admin_key=config.admin_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         own_engine = engine is None
-        services = Services(config=config, engine=engine or Engine(config), keys=keys, metrics=Metrics(),
-                            registry=Registry(), trace=_trace_writer(config))
+        running = engine or Engine(config)
+        registry = Registry(config.max_registry_entries, config.max_registry_bytes)
+        services = Services(config=config, engine=running, keys=keys, metrics=Metrics(running.tenant_of_scope),
+                            registry=registry, trace=_trace_writer(config))
         services.engine.evictions.append(services.metrics.observe_evictions)
         app.state.services = services
         _announce(services)
@@ -40,6 +44,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(cache_routes.router)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    install_openapi(app)
     return app
 
 

@@ -15,10 +15,12 @@ SINGLE_TENANT = "default"
 @dataclass(frozen=True)
 class KeyMap:
     keys: dict[str, str]          # api key -> tenant; empty = single-tenant, any key accepted
+    admin_key: str | None = None  # reads server-wide figures; is no tenant's key
 
     @classmethod
-    def load(cls, path: str | None, env: str | None = None) -> "KeyMap":
-        """From --api-keys FILE (lines 'key:tenant', '#' comments) and/or SEGCACHE_API_KEYS=key:tenant,..."""
+    def load(cls, path: str | None, env: str | None = None, admin_key: str | None = None) -> "KeyMap":
+        """From --api-keys FILE (lines 'key:tenant', '#' comments) and/or SEGCACHE_API_KEYS=key:tenant,...;
+        the admin key from --admin-key or SEGCACHE_ADMIN_KEY."""
         keys: dict[str, str] = {}
         if path:
             lines = Path(path).read_text().splitlines()
@@ -27,7 +29,15 @@ class KeyMap:
         env = os.environ.get("SEGCACHE_API_KEYS") if env is None else env
         if env:
             keys.update(_parse(item, "SEGCACHE_API_KEYS") for item in env.split(",") if item.strip())
-        return cls(keys)
+        admin_key = admin_key or os.environ.get("SEGCACHE_ADMIN_KEY") or None
+        if admin_key is not None and admin_key in keys:
+            raise ValueError("the admin key must not also be a tenant's API key")
+        return cls(keys, admin_key)
+
+    def is_admin(self, authorization: str | None) -> bool:
+        token = _bearer(authorization)
+        return (self.admin_key is not None and token is not None
+                and hmac.compare_digest(self.admin_key.encode(), token.encode()))
 
     @property
     def multi_tenant(self) -> bool:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from segcache.engine.request import EngineRequest, PromptReport
+from segcache.cache.keys import segment_hash
+from segcache.cache.registry import RegistryFullError
+from segcache.engine.prompt import SegmentText
+from segcache.engine.request import EngineRequest, PromptReport, SegmentInput
 from segcache.server import protocol
 from segcache.server.errors import ApiError
-from segcache.server.protocol import RegistryPut, SegmentRef, WarmRequest
-from segcache.server.segments import resolve_segments
+from segcache.server.limits import check_prompt_limits
+from segcache.server.protocol import RegistryPut, WarmRequest
+from segcache.server.segments import remember_segments, resolve_segments
 from segcache.server.services import Services, services_of
 
 router = APIRouter()
@@ -24,7 +29,9 @@ async def warm(body: WarmRequest, request: Request) -> dict:
     tenant = services.tenant(request)
     services.check_model(body.model)
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
-    report = await _warm(services, tenant, segments, body.pin, body.segment_boundary == "reject")
+    check_prompt_limits(services.config, segments)
+    report = await _warm(services, tenant, segments, body.pin, body.segment_boundary == "reject", body.unpin)
+    remember_segments(segments, tenant, services.engine.segment_store)
     cached = len(report.receipts) if services.config.cache_enabled else 0   # warm caches every segment it sends
     return {"object": "cache.warm", "model": services.engine.loaded.model_id, "cached_segments": cached,
             "root_hash": report.chain_hash, "expires_at": report.expires_at, "pinned": body.pin,
@@ -32,17 +39,31 @@ async def warm(body: WarmRequest, request: Request) -> dict:
             "segments": [protocol.receipt_json(r) for r in report.receipts]}
 
 
-async def _warm(services: Services, tenant: str, segments, pin: bool, reject_split: bool) -> PromptReport:
-    engine_request = EngineRequest(tenant=tenant, kind="warm", segments=segments, pin=pin, reject_split=reject_split)
+async def _warm(services: Services, tenant: str, segments, pin: bool, reject_split: bool,
+                unpin: bool = False) -> PromptReport:
+    engine_request = EngineRequest(tenant=tenant, kind="warm", segments=segments, pin=pin, unpin=unpin,
+                                   reject_split=reject_split)
     async for event in services.engine.stream(engine_request):
         if isinstance(event, PromptReport):
             return event
     raise ApiError(500, "the engine finished a warm request without a report", "internal_error")
 
 
+@router.delete("/v1/cache/pins")
+async def unpin_all(request: Request) -> dict:
+    """Release every pin of this tenant: the nodes stay cached, now evictable like any other."""
+    services = services_of(request)
+    tenant = services.tenant(request)
+    engine = services.engine
+    with engine.tree_lock:
+        unpinned = engine.tree.unpin_scope(engine.scope(tenant))
+    return {"object": "cache.unpinned", "tenant": tenant, "unpinned_bytes": unpinned}
+
+
 @router.get("/v1/cache")
 async def inspect(request: Request, format: str = "json", check: bool = False):
-    """This tenant's nodes; `check=true` also verifies the whole tree's invariants (500 if broken)."""
+    """This tenant's nodes; `check=true` also verifies the whole tree's invariants, the budget and the
+    pin limits included (500 if broken)."""
     services = services_of(request)
     tenant = services.tenant(request)
     engine = services.engine
@@ -50,7 +71,7 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     with engine.tree_lock:
         if check:
             try:
-                engine.tree.check()
+                engine.tree.check(within_budget=True)
             except AssertionError as exc:
                 raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
         if format == "text":
@@ -90,14 +111,25 @@ async def put_segment(name: str, body: RegistryPut, request: Request) -> dict:
     services = services_of(request)
     tenant = services.tenant(request)
     _check_name(name)
-    tokens = len(services.engine.loaded.tokenizer(body.content, add_special_tokens=False)["input_ids"])
-    entry = services.registry.put(tenant, name, body.content, tokens, body.ttl_seconds, body.pin)
-    services.engine.segment_store.put(tenant, entry.hash, entry.content)
+    check_prompt_limits(services.config, texts=[body.content])
+    _check_registry_room(services, tenant, name, body.content)
+    # Every check that can refuse the PUT (size, pin quota, context) runs before anything is stored.
+    tokenizer = services.engine.loaded.tokenizer
+    tokens = len((await asyncio.to_thread(tokenizer, body.content, add_special_tokens=False))["input_ids"])
+    segment = SegmentInput(SegmentText(body.content, name, segment_hash(body.content)), body.ttl_seconds)
     if body.pin:
-        refs = [SegmentRef(name=name)]
-        await _warm(services, tenant, resolve_segments(refs, tenant, services.engine.segment_store,
-                                                       services.registry), True, False)
+        await _warm(services, tenant, (segment,), True, False)
+    _check_registry_room(services, tenant, name, body.content)   # another PUT may have landed meanwhile
+    entry = services.registry.put(tenant, name, body.content, tokens, body.ttl_seconds, body.pin)
+    remember_segments((segment,), tenant, services.engine.segment_store)
     return _entry_json(entry)
+
+
+def _check_registry_room(services: Services, tenant: str, name: str, content: str) -> None:
+    try:
+        services.registry.check_room(tenant, name, content)
+    except RegistryFullError as exc:
+        raise ApiError(413, str(exc), "registry_full", "content") from exc
 
 
 @router.get("/v1/segments")
@@ -130,11 +162,7 @@ async def delete_segment(name: str, request: Request) -> dict:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     services = services_of(request)
-    tenant = services.tenant(request) if services.keys.multi_tenant else None
-    engine = services.engine
-    with engine.tree_lock:
-        used, nodes = engine.tree.used_bytes, engine.tree.num_nodes
-    text = services.metrics.render(used, services.config.cache_bytes, nodes, engine.queue_depth, tenant)
+    text = services.metrics.render(services.figures(), services.viewer(request))
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from segcache.server.app import create_app
+    from segcache.server.shutdown import bound_shutdown
 
     try:
         config = config_from_args(args, ServeConfig)
@@ -37,7 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"segcache serve: {exc}", file=sys.stderr)
         return 2
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level))
+    # uvicorn's own limit is a backstop: our streams end in-band at --shutdown-grace, a little before it.
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                           timeout_keep_alive=config.timeout_keep_alive,
+                                           timeout_graceful_shutdown=config.shutdown_grace + 2))
+    bound_shutdown(server, app, config.shutdown_grace)
     _announce_when_ready(server, config)
     server.run()
     return 0

@@ -29,9 +29,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": _TYPES.get(self.status, "invalid_request_error"),
                           "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = {**({"WWW-Authenticate": "Bearer"} if self.status == 401 else {}), **(headers or {})}
+        return JSONResponse(self.body(), status_code=self.status, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -51,7 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # The framework's own 400s come from a body it could not read (e.g. invalid UTF-8).
         code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ApiError(exc.status_code, str(exc.detail), code).response()
+        return ApiError(exc.status_code, str(exc.detail), code).response(exc.headers)   # e.g. Allow on a 405
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

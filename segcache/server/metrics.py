@@ -1,17 +1,48 @@
-"""Prometheus metrics, in a registry of the app's own (no module globals)."""
+"""Prometheus metrics, in a registry of the app's own (no module globals).
+
+Every cache figure exists per tenant (`segcache_tenant_*{tenant}`); a tenant's key reads only its own
+series. The server-wide figures (`segcache_cache_bytes`, `segcache_queue_depth`, `segcache_evictions_total`,
+...) would tell one tenant about another's traffic, so only the admin key reads them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from segcache.cache.keys import ScopeKey
 from segcache.cache.tree import Eviction
 from segcache.engine.request import Finished, PromptReport
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_PUBLIC = ("segcache_cache_capacity_bytes",)  # configuration, not traffic: every caller may read it
+
+
+@dataclass(frozen=True)
+class TenantFigures:
+    tenant: str
+    cache_bytes: int
+    cache_nodes: int
+    pinned_bytes: int
+    share_bytes: int
+    queued: int  # this tenant's requests waiting for the engine
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    cache_bytes: int
+    capacity_bytes: int
+    cache_nodes: int
+    queue_depth: int
+    tenants: tuple[TenantFigures, ...]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, tenant_of_scope: Callable[[ScopeKey], str | None] = lambda scope: None) -> None:
+        """`tenant_of_scope` names the tenant an eviction belongs to (None: not a tenant we know)."""
+        self.tenant_of_scope = tenant_of_scope
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("segcache_requests", "Completed generation requests", ["tenant"], registry=r)
@@ -20,12 +51,23 @@ class Metrics:
         self.prefill_tokens = Counter("segcache_prefill_tokens", "Prompt tokens run through the model in prefill "
                                       "(equal to cache misses: hits are never recomputed)", ["tenant"], registry=r)
         self.decode_tokens = Counter("segcache_decode_tokens", "Tokens generated", ["tenant"], registry=r)
-        self.evictions = Counter("segcache_evictions", "Cache nodes removed", ["reason"], registry=r)
-        self.evicted_bytes = Counter("segcache_evicted_bytes", "KV bytes removed", ["reason"], registry=r)
-        self.cache_bytes = Gauge("segcache_cache_bytes", "KV bytes held in the cache", registry=r)
+        self.evictions = Counter("segcache_evictions", "Cache nodes removed (all tenants)", ["reason"], registry=r)
+        self.evicted_bytes = Counter("segcache_evicted_bytes", "KV bytes removed (all tenants)", ["reason"], registry=r)
+        self.tenant_evictions = Counter("segcache_tenant_evictions", "This tenant's cache nodes removed",
+                                        ["tenant", "reason"], registry=r)
+        self.tenant_evicted_bytes = Counter("segcache_tenant_evicted_bytes", "This tenant's KV bytes removed",
+                                            ["tenant", "reason"], registry=r)
+        self.cache_bytes = Gauge("segcache_cache_bytes", "KV bytes held in the cache (all tenants)", registry=r)
         self.cache_capacity = Gauge("segcache_cache_capacity_bytes", "KV byte budget (--cache-bytes)", registry=r)
-        self.cache_nodes = Gauge("segcache_cache_nodes", "Nodes in the cache tree", registry=r)
-        self.queue_depth = Gauge("segcache_queue_depth", "Requests waiting for the engine", registry=r)
+        self.cache_nodes = Gauge("segcache_cache_nodes", "Nodes in the cache tree (all tenants)", registry=r)
+        self.queue_depth = Gauge("segcache_queue_depth", "Requests waiting for the engine (all tenants)", registry=r)
+        self.tenant_bytes = Gauge("segcache_tenant_cache_bytes", "KV bytes this tenant holds", ["tenant"], registry=r)
+        self.tenant_nodes = Gauge("segcache_tenant_cache_nodes", "Cache nodes this tenant holds", ["tenant"], registry=r)
+        self.tenant_pinned = Gauge("segcache_tenant_pinned_bytes", "KV bytes this tenant pins", ["tenant"], registry=r)
+        self.tenant_share = Gauge("segcache_tenant_share_bytes", "This tenant's share of the budget now",
+                                  ["tenant"], registry=r)
+        self.tenant_queued = Gauge("segcache_tenant_queued", "This tenant's requests waiting for the engine",
+                                   ["tenant"], registry=r)
         self.ttft = Histogram("segcache_ttft_seconds", "Time to first token", ["tenant"],
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("segcache_request_seconds", "Request latency, start to last token", ["tenant"],
@@ -47,17 +89,35 @@ class Metrics:
 
     def observe_evictions(self, evictions: list[Eviction]) -> None:
         for eviction in evictions:
-            self.evictions.labels(eviction.reason.value).inc()
-            self.evicted_bytes.labels(eviction.reason.value).inc(eviction.num_bytes)
+            reason = eviction.reason.value
+            self.evictions.labels(reason).inc()
+            self.evicted_bytes.labels(reason).inc(eviction.num_bytes)
+            tenant = self.tenant_of_scope(eviction.scope)
+            if tenant is not None:
+                self.tenant_evictions.labels(tenant, reason).inc()
+                self.tenant_evicted_bytes.labels(tenant, reason).inc(eviction.num_bytes)
 
-    def render(self, used_bytes: int, capacity: int, nodes: int, queue_depth: int, tenant: str | None) -> bytes:
-        """Exposition text; with `tenant`, other tenants' series are left out."""
-        self.cache_bytes.set(used_bytes)
-        self.cache_capacity.set(capacity)
-        self.cache_nodes.set(nodes)
-        self.queue_depth.set(queue_depth)
+    def render(self, figures: ServerFigures, tenant: str | None) -> bytes:
+        """Exposition text: everything when `tenant` is None (admin), else that tenant's series only."""
+        self.cache_bytes.set(figures.cache_bytes)
+        self.cache_capacity.set(figures.capacity_bytes)
+        self.cache_nodes.set(figures.cache_nodes)
+        self.queue_depth.set(figures.queue_depth)
+        for own in figures.tenants:
+            self.tenant_bytes.labels(own.tenant).set(own.cache_bytes)
+            self.tenant_nodes.labels(own.tenant).set(own.cache_nodes)
+            self.tenant_pinned.labels(own.tenant).set(own.pinned_bytes)
+            self.tenant_share.labels(own.tenant).set(own.share_bytes)
+            self.tenant_queued.labels(own.tenant).set(own.queued)
         text = generate_latest(self.registry).decode()
         if tenant is not None:
-            own = f'tenant="{tenant}"'
-            text = "\n".join(line for line in text.split("\n") if 'tenant="' not in line or own in line)
+            text = "\n".join(line for line in text.split("\n") if _visible_to(line, tenant))
         return text.encode()
+
+
+def _visible_to(line: str, tenant: str) -> bool:
+    if line.startswith("#") or not line:
+        return True
+    if line.startswith(_PUBLIC):
+        return True
+    return f'tenant="{tenant}"' in line

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from segcache.engine.request import PromptReport, Receipt, SamplingParams
 
@@ -67,7 +67,7 @@ class ChatMessage(_Lenient):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _Generation(_Lenient):
@@ -77,7 +77,7 @@ class _Generation(_Lenient):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     stop: Text | list[Text] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="segcache generates one choice per request")
     segments: list[SegmentRef] = Field(default_factory=list)
@@ -146,15 +146,19 @@ class WarmRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     segments: list[SegmentRef] = Field(min_length=1)
-    pin: bool = False
+    pin: StrictBool = False  # true pins the chain; false, when sent, unpins it
     segment_boundary: Literal["reprocess", "reject"] = "reprocess"
+
+    @property
+    def unpin(self) -> bool:
+        return "pin" in self.model_fields_set and not self.pin
 
 
 class RegistryPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
     content: Text
     ttl_seconds: Ttl | None = None
-    pin: bool = False
+    pin: StrictBool = False
 
 
 def _canonical_json(value) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from dataclasses import asdict
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -14,8 +16,9 @@ from segcache.engine.prompt import SegmentText
 from segcache.engine.request import EngineRequest, Finished, PromptReport, SegmentInput, TextDelta
 from segcache.server import protocol
 from segcache.server.errors import ApiError
+from segcache.server.limits import check_prompt_limits
 from segcache.server.protocol import ChatCompletionRequest, CompletionRequest
-from segcache.server.segments import resolve_segments
+from segcache.server.segments import remember_segments, resolve_segments
 from segcache.server.services import Services, services_of
 
 router = APIRouter()
@@ -23,9 +26,18 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> dict:
+    """Anyone: ok. A tenant's key: also its own queued requests. The admin key: the server and every tenant."""
     services = services_of(request)
-    return {"status": "ok", "model": services.engine.loaded.model_id,
-            "queue_depth": services.engine.queue_depth, "cache_enabled": services.config.cache_enabled}
+    if services.is_admin(request):
+        figures = services.figures()
+        return {"status": "ok", "model": services.engine.loaded.model_id, "cache_enabled": services.config.cache_enabled,
+                "queue_depth": figures.queue_depth, "cache_bytes": figures.cache_bytes,
+                "capacity_bytes": figures.capacity_bytes, "tenants": [asdict(t) for t in figures.tenants]}
+    if not request.headers.get("authorization"):
+        return {"status": "ok"}
+    tenant = services.tenant(request)
+    return {"status": "ok", "model": services.engine.loaded.model_id, "tenant": tenant,
+            "queued": services.engine.queued(tenant)}
 
 
 @router.get("/v1/models")
@@ -46,11 +58,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
     if (tools := body.tools_text()) is not None:
         segments += (SegmentInput(SegmentText(tools, "tools", segment_hash(tools))),)
+    messages, sampling = body.plain_messages(), body.sampling(services.config.max_tokens_default)
+    check_prompt_limits(services.config, segments, [m["content"] for m in messages], len(messages), sampling.stop)
     engine_request = EngineRequest(
-        tenant=tenant, kind="chat", messages=body.plain_messages(), segments=segments,
-        sampling=body.sampling(services.config.max_tokens_default),
+        tenant=tenant, kind="chat", messages=messages, segments=segments, sampling=sampling,
         reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=True)
+    return await _generate(services, engine_request, body, chat=True, http=request)
 
 
 @router.post("/v1/completions")
@@ -58,31 +71,63 @@ async def completions(body: CompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
+    sampling = body.sampling(16)
+    check_prompt_limits(services.config, segments, [body.prompt_text()], 0, sampling.stop)
     engine_request = EngineRequest(
-        tenant=tenant, kind="completion", prompt=body.prompt_text(),
-        segments=resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry),
-        sampling=body.sampling(16), reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=False)
+        tenant=tenant, kind="completion", prompt=body.prompt_text(), segments=segments,
+        sampling=sampling, reject_split=body.segment_boundary == "reject")
+    return await _generate(services, engine_request, body, chat=False, http=request)
 
 
 # ---------------------------------------------------------------- generation
 
 
-async def _generate(services: Services, engine_request: EngineRequest, body, chat: bool):
+async def _generate(services: Services, engine_request: EngineRequest, body, chat: bool, http: Request | None = None):
     started = time.perf_counter()
     events = services.engine.stream(engine_request).__aiter__()
     report = await events.__anext__()      # prompt errors surface here, before any byte is sent
     assert isinstance(report, PromptReport)
+    remember_segments(engine_request.segments, engine_request.tenant, services.engine.segment_store)
     id_ = protocol.new_id("chatcmpl" if chat else "cmpl")
     model = services.engine.loaded.model_id
     run = _Run(services, engine_request, report, started)
     if body.stream:
         return StreamingResponse(_sse(run, events, id_, model, chat, body.include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    async for event in events:
-        run.observe(event)
+    if not await _collect(events, run, http):
+        return JSONResponse({}, status_code=499)   # nobody is listening; the engine has stopped
     make = protocol.chat_completion if chat else protocol.text_completion
     return JSONResponse(make(id_, model, run.finished.text, run.finished.finish_reason, run.usage(), run.timings()))
+
+
+async def _collect(events: AsyncIterator, run: "_Run", http: Request | None) -> bool:
+    """Observe every event; False if the client went away first, in which case the engine stream is
+    closed (which cancels the job within one decode step), as a dropped SSE stream does."""
+    async def consume() -> None:
+        async for event in events:
+            run.observe(event)
+
+    consuming = asyncio.ensure_future(consume())
+    watching = asyncio.ensure_future(_disconnected(http)) if http is not None else None
+    try:
+        await asyncio.wait([t for t in (consuming, watching) if t is not None], return_when=asyncio.FIRST_COMPLETED)
+        if consuming.done():
+            consuming.result()
+            return True
+        consuming.cancel()
+        await asyncio.gather(consuming, return_exceptions=True)   # its generator's finally cancels the job
+        return False
+    finally:
+        if watching is not None:
+            watching.cancel()
+        await events.aclose()
+
+
+async def _disconnected(http: Request) -> None:
+    """Returns once the client has closed its connection (the body is already read)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _sse(run: "_Run", events: AsyncIterator, id_: str, model: str, chat: bool,
@@ -92,6 +137,7 @@ async def _sse(run: "_Run", events: AsyncIterator, id_: str, model: str, chat: b
             yield _data(protocol.chat_chunk(id_, model, {"role": "assistant", "content": ""}))
         async for event in events:
             run.observe(event)
+            run.services.shutdown.raise_if_overdue()
             if isinstance(event, TextDelta):
                 yield _data(protocol.chat_chunk(id_, model, {"content": event.text}) if chat
                             else protocol.text_chunk(id_, model, event.text))

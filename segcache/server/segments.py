@@ -13,11 +13,16 @@ from segcache.server.protocol import SegmentRef
 
 def resolve_segments(refs: list[SegmentRef], tenant: str, store: SegmentStore, registry: Registry,
                      default_ttl: float | None = None) -> tuple[SegmentInput, ...]:
-    """Resolve all references first and remember new texts only if every one resolved."""
-    resolved = tuple(_resolve(ref, i, tenant, store, registry) for i, ref in enumerate(refs))
-    for segment in resolved:
-        store.put(tenant, segment.text.hash, segment.text.content)
-    return resolved
+    """Resolve every reference; stores nothing (see remember_segments)."""
+    return tuple(_resolve(ref, i, tenant, store, registry) for i, ref in enumerate(refs))
+
+
+def remember_segments(segments: tuple[SegmentInput, ...], tenant: str, store: SegmentStore) -> None:
+    """Keep the texts for later hash-only references: called once the engine has accepted the request,
+    so a rejected request leaves the store as it was."""
+    for segment in segments:
+        if segment.text.hash is not None:
+            store.put(tenant, segment.text.hash, segment.text.content)
 
 
 def _resolve(ref: SegmentRef, index: int, tenant: str, store: SegmentStore, registry: Registry) -> SegmentInput:

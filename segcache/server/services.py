@@ -13,7 +13,8 @@ from segcache.engine.engine import Engine
 from segcache.engine.request import EngineRequest, Finished, PromptReport
 from segcache.server.auth import KeyMap
 from segcache.server.errors import ApiError
-from segcache.server.metrics import Metrics
+from segcache.server.metrics import Metrics, ServerFigures, TenantFigures
+from segcache.server.shutdown import Shutdown
 
 
 @dataclass
@@ -25,9 +26,30 @@ class Services:
     registry: Registry = field(default_factory=Registry)
     trace: object | None = None          # a TraceWriter when --trace-file is set
     started_at: int = field(default_factory=lambda: int(time.time()))
+    shutdown: Shutdown = field(default_factory=Shutdown)
 
     def tenant(self, request: Request) -> str:
         return self.keys.tenant_for(request.headers.get("authorization"))
+
+    def is_admin(self, request: Request) -> bool:
+        return self.keys.is_admin(request.headers.get("authorization"))
+
+    def viewer(self, request: Request) -> str | None:
+        """Whose figures a caller may read: None for the admin (everything), else its own tenant.
+
+        Without configured keys there is one tenant, so it reads everything too."""
+        if self.is_admin(request) or not self.keys.multi_tenant:
+            return None
+        return self.tenant(request)
+
+    def figures(self) -> ServerFigures:
+        engine = self.engine
+        with engine.tree_lock:
+            tree = engine.tree
+            tenants = tuple(TenantFigures(tenant, tree.scope_bytes(scope := engine.scope(tenant)),
+                                          tree.scope_nodes(scope), tree.pinned_bytes(scope), tree.share(scope),
+                                          engine.queued(tenant)) for tenant in sorted(set(engine.tenants) | self.keys.tenants))
+            return ServerFigures(tree.used_bytes, self.config.cache_bytes, tree.num_nodes, engine.queue_depth, tenants)
 
     def check_model(self, model: str) -> None:
         served = self.engine.loaded.model_id

@@ -483,7 +483,8 @@ def test_iter_nodes_is_depth_first_in_insertion_order(tree):
 
 # -- render and check -------------------------------------------------------------------------------------
 
-def test_render_text_draws_the_tree(tree, clock):
+def test_render_text_draws_the_tree(clock):
+    tree = SegmentTree(capacity_bytes=10_000, clock=clock)  # room to pin 1.5 KiB
     head, rules = chain(tree, SCOPE, part("head", 1, 2), part("rules", 3, 4, 5), num_bytes=1536)
     unlabelled = tree.insert(head, PartSpec(part_key("message", "user", "hi"), (6,)), None, 100, ttl_seconds=30)
     tree.pin([rules])

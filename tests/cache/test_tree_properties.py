@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from segcache.cache import MissReason, Node, NodeLockedError, PartSpec, SegmentTree, part_key, scope_key
+from segcache.cache.tree import PinQuotaError, SharePolicy
 
 CAPACITY = 100
 SCOPES = [scope_key(tenant, "m", "w", "float32", "t") for tenant in ("acme", "globex")]
@@ -40,10 +41,12 @@ class FakeClock:
 
 
 class TreeMachine(RuleBasedStateMachine):
+    shares: SharePolicy | None = None  # None: one global LRU
+
     @initialize()
     def start(self) -> None:
         self.clock = FakeClock()
-        self.tree = SegmentTree(CAPACITY, clock=self.clock, max_tombstones=8)
+        self.tree = SegmentTree(CAPACITY, clock=self.clock, max_tombstones=8, shares=self.shares)
         self.held: list[list[Node]] = []  # chains locked by "running requests"
 
     # -- requests ---------------------------------------------------------------------------------------
@@ -88,7 +91,14 @@ class TreeMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tree.num_nodes)
     @rule(pick=st.integers(0, 10**6), whole_chain=st.booleans(), pin=st.booleans())
     def pin(self, pick, whole_chain, pin) -> None:
-        (self.tree.pin if pin else self.tree.unpin)(self.pick_nodes(pick, whole_chain))
+        if not pin:
+            self.tree.unpin(self.pick_nodes(pick, whole_chain))
+            return
+        before = snapshot(self.tree)
+        try:
+            self.tree.pin(self.pick_nodes(pick, whole_chain))
+        except PinQuotaError:
+            assert snapshot(self.tree) == before, "a refused pin changed the tree"
 
     @precondition(lambda self: self.tree.num_nodes)
     @rule(pick=st.integers(0, 10**6), whole_chain=st.booleans(), ttl=ttls)
@@ -143,8 +153,11 @@ class TreeMachine(RuleBasedStateMachine):
         by_lru = [node for node in removed if node not in doomed_by_expiry]
         assert not any(node.pinned for node in by_lru), "a pinned node was removed to make room"
         survivors = [node for node in candidates if node.payload is not None]
-        if by_lru and survivors:  # a greedy LRU never passes over an older candidate
-            assert max(n.last_access for n in by_lru) <= min(n.last_access for n in survivors)
+        for scope in SCOPES if self.shares else [None]:  # LRU inside a scope (with shares) or across all
+            taken = [n for n in by_lru if scope in (None, n.scope)]
+            kept = [n for n in survivors if scope in (None, n.scope)]
+            if taken and kept:  # a greedy LRU never passes over an older candidate
+                assert max(n.last_access for n in taken) <= min(n.last_access for n in kept)
         assert not removable_expired(self.tree, now), "an expired, unlocked node survived evict()"
         if sum(e.num_bytes for e in evictions) < num_bytes:
             assert not lru_candidates(self.tree), "evict() stopped early with candidates left"
@@ -154,6 +167,7 @@ class TreeMachine(RuleBasedStateMachine):
     @invariant()
     def tree_is_consistent(self) -> None:
         self.tree.check()
+        assert self.tree.pinned_bytes(SCOPES[0]) + self.tree.pinned_bytes(SCOPES[1]) <= CAPACITY
 
     @invariant()
     def locked_nodes_stay(self) -> None:
@@ -192,3 +206,13 @@ def removable_expired(tree: SegmentTree, now: float) -> list[Node]:
 TreeMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 test_tree_machine = TreeMachine.TestCase
+
+
+class SharedTreeMachine(TreeMachine):
+    """The same operations with per-scope shares: a fair share of 50 bytes each, pins up to 30."""
+
+    shares = SharePolicy(floor_bytes=30)
+
+
+SharedTreeMachine.TestCase.settings = TreeMachine.TestCase.settings
+test_shared_tree_machine = SharedTreeMachine.TestCase

@@ -59,3 +59,47 @@ def test_part_keys_depend_on_text_and_kind(tokenizer):
     two = build_chat_prompt(tokenizer, [SegmentText("A.", "other-id")], [{"role": "user", "content": "y"}])
     assert [p.key for p in one.parts[:3]] == [p.key for p in two.parts[:3]]   # ids are labels only
     assert one.parts[3].key != two.parts[3].key
+
+
+def _conversations():
+    turns = [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "On its way."},
+             {"role": "user", "content": " spaced  "}, {"role": "tool", "content": '{"ok": true}'},
+             {"role": "assistant", "content": ""}, {"role": "user", "content": "Thanks\n\n"}]
+    yield turns[:1]
+    yield turns
+    yield [{"role": "system", "content": "Be brief."}, *turns]
+    yield [{"role": "user", "content": "has \x00segcache-cut-3\x00 inside"}, *turns]
+
+
+@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("segments", [[], [SegmentText("Rules.", "rules")]])
+def test_messages_are_cut_exactly_as_rendering_prefix_by_prefix_would(tokenizer, index, segments):
+    from segcache.engine import prompt as module
+
+    conversation = list(_conversations())[index]
+    linear = build_chat_prompt(tokenizer, segments, conversation)
+    original = module._message_parts
+    module._message_parts = module._message_parts_by_prefixes
+    try:
+        reference = build_chat_prompt(tokenizer, segments, conversation)
+    finally:
+        module._message_parts = original
+    assert [(p.kind, p.role, p.text, p.token_ids) for p in linear.parts] == \
+        [(p.kind, p.role, p.text, p.token_ids) for p in reference.parts]
+
+
+def test_prompt_assembly_renders_a_few_times_whatever_the_number_of_messages(tokenizer):
+    calls = []
+    render = tokenizer.apply_chat_template
+
+    def counting(conversation, **kwargs):
+        calls.append(len(conversation))
+        return render(conversation, **kwargs)
+
+    tokenizer.apply_chat_template = counting
+    try:
+        messages = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(400)]
+        build_chat_prompt(tokenizer, [], messages)
+    finally:
+        del tokenizer.apply_chat_template
+    assert len(calls) <= 6 and sum(calls) <= 5 * 400

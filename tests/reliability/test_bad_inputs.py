@@ -2,7 +2,7 @@
 
 import pytest
 
-from segcache.reliability.bad_inputs import cases, markdown_table, run_bad_inputs
+from segcache.reliability.bad_inputs import LIMIT_FLAGS, cases, markdown_table, run_bad_inputs
 from segcache.reliability.target import parse_keys, spawned_server
 
 KEYS = "ka:alpha,kb:beta"
@@ -13,7 +13,8 @@ NAMES = [case.what for case in cases("m", 8, "probe", other_tenant=True)]
 
 @pytest.fixture(scope="module")
 def table(tiny_model_dir):
-    with spawned_server(parse_keys(KEYS), "tiny", "64MiB", ("--pin-bytes-per-tenant", "16KiB")) as target:
+    limits = tuple(str(part) for item in LIMIT_FLAGS.items() for part in item)
+    with spawned_server(parse_keys(KEYS), "tiny", "64MiB", ("--pin-bytes-per-tenant", "16KiB", *limits)) as target:
         rows, after = run_bad_inputs(target)
     return {row.case.what: row for row in rows}, after
 
@@ -26,9 +27,10 @@ def test_bad_input_gets_its_documented_answer(table, what):
     assert row.as_expected, f"{row.status} {row.code}: {row.message}"
 
 
-def test_a_normal_request_still_succeeds_after_the_bad_inputs(table):
+def test_the_bad_inputs_change_nothing_and_a_normal_request_still_succeeds(table):
     _, after = table
-    assert after[0] == "a normal chat request afterwards: 200"
+    assert after[0].endswith(": unchanged")
+    assert after[1] == "a normal chat request afterwards: 200"
 
 
 def test_the_other_tenants_tree_checks_clean_after_the_bad_inputs(table):

@@ -9,13 +9,15 @@ from segcache.reliability.load import LoadConfig, run_load
 from segcache.reliability.target import Target, parse_keys
 
 KEYS = "ka1:alpha,ka2:alpha,kb1:beta"
+ADMIN = "admin-key"
 BUDGET = 256 << 10     # the tiny model's KV is 256 B a token: ~1000 tokens, fewer than the tenants' blocks
 
 
 @pytest.fixture
 def target(serve):
-    server = serve("--model", "tiny", "--cache-bytes", str(BUDGET), env={"SEGCACHE_API_KEYS": KEYS})
-    return Target(server.url, parse_keys(KEYS))
+    server = serve("--model", "tiny", "--cache-bytes", str(BUDGET), env={"SEGCACHE_API_KEYS": KEYS,
+                                                                      "SEGCACHE_ADMIN_KEY": ADMIN})
+    return Target(server.url, parse_keys(KEYS), ADMIN)
 
 
 def test_a_short_load_run_has_no_unexpected_answers_and_stays_in_budget(target):

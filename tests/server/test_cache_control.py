@@ -128,7 +128,7 @@ def test_expired_segment_is_evicted_first_and_says_so(tenants):
     reply = chat(tenants, "key-a1", [seg(RULES, "rules"), seg(SKILLS, "skills")]).json()
     assert [(s["status"], s["reason"]) for s in reply["usage"]["segments"]] == [("hit", None), ("computed", "expired")]
     metrics = httpx.get(tenants.url + "/metrics", headers={"Authorization": "Bearer key-a1"}).text
-    assert 'segcache_evictions_total{reason="expired"}' in metrics
+    assert 'segcache_tenant_evictions_total{reason="expired",tenant="acme"}' in metrics
 
 
 def test_budget_holds_after_every_request(app_server, load):
@@ -161,7 +161,7 @@ def test_metrics_count_tokens_and_hide_other_tenants(tenants):
     acme = httpx.get(tenants.url + "/metrics", headers={"Authorization": "Bearer key-a1"}).text
     assert 'segcache_cache_hit_tokens_total{tenant="acme"}' in acme
     assert 'tenant="globex"' not in acme
-    assert "segcache_ttft_seconds_bucket" in acme and "segcache_cache_bytes " in acme
+    assert "segcache_ttft_seconds_bucket" in acme and 'segcache_tenant_cache_bytes{tenant="acme"}' in acme
     assert "segcache_prefill_tokens_total{tenant=\"acme\"}" in acme and "segcache_decode_tokens_total" in acme
     hits = [line for line in acme.splitlines() if line.startswith('segcache_cache_hit_tokens_total{tenant="acme"}')]
     assert float(hits[0].split()[-1]) > 0
