@@ -27,7 +27,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         own_engine = engine is None
         services = Services(config=config, engine=engine or Engine(config), keys=keys, metrics=Metrics(),
                             registry=Registry(), trace=_trace_writer(config))
-        services.engine.evictions.append(services.metrics.observe_evictions)
+        services.engine.cache.observers.append(services.metrics.observe_evictions)
         app.state.services = services
         _announce(services)
         yield
@@ -58,3 +58,6 @@ def _announce(services: Services) -> None:
     cache = f"cache {config.cache_bytes} bytes" if config.cache_enabled else "cache off (--cache-bytes 0)"
     log.warning("segcache: model %s (%s, context %d), %s, %s", loaded.model_id, loaded.dtype_name,
                 loaded.max_context, cache, tenancy)
+    verdict = services.engine.batching
+    log.warning("segcache: batching %s, up to %d running requests (%s)", "on" if verdict.batched else "off",
+                config.max_batch, verdict.reason)

@@ -7,6 +7,7 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from segcache.engine.cache_manager import CacheInUseError
 from segcache.engine.request import EngineRequest, PromptReport
 from segcache.server import protocol
 from segcache.server.errors import ApiError
@@ -47,16 +48,12 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     tenant = services.tenant(request)
     engine = services.engine
     scope = engine.scope(tenant)
-    with engine.tree_lock:
-        if check:
-            try:
-                engine.tree.check()
-            except AssertionError as exc:
-                raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
-        if format == "text":
-            return PlainTextResponse(engine.tree.render_text(scope) if scope in engine.tree.scopes() else "(empty)\n")
-        nodes = [_node_json(depth, node) for depth, node in engine.tree.iter_nodes(scope)] \
-            if scope in engine.tree.scopes() else []
+    if format == "text":
+        return PlainTextResponse(engine.cache.render_text(tenant))
+    try:
+        nodes = engine.cache.inspect(tenant, _node_json, check=check)
+    except AssertionError as exc:
+        raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
     return {"object": "cache", "tenant": tenant, **({"check": "ok"} if check else {}), "model": engine.loaded.model_id, "scope": scope,
             "num_nodes": len(nodes), "tokens": sum(n["tokens"] for n in nodes),
             "bytes": sum(n["bytes"] for n in nodes), "capacity_bytes": services.config.cache_bytes,
@@ -68,17 +65,12 @@ async def clear(request: Request) -> dict:
     services = services_of(request)
     tenant = services.tenant(request)
     engine = services.engine
-    scope = engine.scope(tenant)
-    with engine.tree_lock:
-        if scope not in engine.tree.scopes():
-            freed = 0
-        else:
-            try:
-                freed = engine.tree.remove_scope(scope)
-            except (AssertionError, RuntimeError, ValueError) as exc:
-                raise ApiError(409, "a running request is using this cache; retry when it finishes",
-                               "cache_in_use") from exc
-        engine.segment_store.clear(tenant)
+    try:
+        freed = engine.cache.clear(tenant)
+    except CacheInUseError as exc:
+        raise ApiError(409, "a running request is using this cache; retry when it finishes",
+                       "cache_in_use") from exc
+    engine.segment_store.clear(tenant)
     return {"object": "cache.cleared", "tenant": tenant, "freed_bytes": freed}
 
 
@@ -132,9 +124,10 @@ async def metrics(request: Request) -> Response:
     services = services_of(request)
     tenant = services.tenant(request) if services.keys.multi_tenant else None
     engine = services.engine
-    with engine.tree_lock:
-        used, nodes = engine.tree.used_bytes, engine.tree.num_nodes
-    text = services.metrics.render(used, services.config.cache_bytes, nodes, engine.queue_depth, tenant)
+    usage = engine.cache.usage()
+    services.metrics.observe_queue(engine.queue_snapshot())
+    text = services.metrics.render(usage.used_bytes, services.config.cache_bytes, usage.num_nodes,
+                                   engine.queue_depth, tenant)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -25,7 +25,10 @@ router = APIRouter()
 async def health(request: Request) -> dict:
     services = services_of(request)
     return {"status": "ok", "model": services.engine.loaded.model_id,
-            "queue_depth": services.engine.queue_depth, "cache_enabled": services.config.cache_enabled}
+            "queue_depth": services.engine.queue_depth, "cache_enabled": services.config.cache_enabled,
+            "batching": {"mode": services.engine.batching.mode, "batched": services.engine.batching.batched,
+                         "reason": services.engine.batching.reason,
+                         "max_batch": services.config.max_batch}}
 
 
 @router.get("/v1/models")
