@@ -16,7 +16,6 @@ at a time). HTTP handlers talk to it through `stream()` (async) and tests and be
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import queue
 import threading
@@ -38,9 +37,6 @@ from segcache.engine.request import EngineRequest, Event
 from segcache.engine.runner import Runner
 from segcache.engine.scheduler import QueueSnapshot, Scheduler
 from segcache.engine.sequence import Sequence
-
-log = logging.getLogger("segcache")
-
 
 @dataclass
 class _Job:
@@ -72,7 +68,6 @@ class Engine:
         self.batching: BatchingVerdict = decide_batching(
             config.batching, runner.lean.projections() if runner.can_batch else None, self.loaded.dtype,
             config.max_batch)
-        log.warning("segcache: batching %s (%s)", "on" if self.batching.batched else "off", self.batching.reason)
         self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads()), runner)
         self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()

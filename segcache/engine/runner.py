@@ -48,6 +48,7 @@ class Runner:
         self.lean = LlamaForward(loaded.model) if lean and LlamaForward.supports(loaded.model) else None
         self.num_prefill_tokens = 0      # tokens actually run through the model in prefill (for audits and tests)
         self.num_decode_tokens = 0
+        self.num_decode_forwards = 0     # decode forwards run; fewer than decode tokens when steps were batched
 
     # ---------------------------------------------------------------- prefill
 
@@ -105,6 +106,7 @@ class Runner:
         state.last_logits = self._forward(state, (token_id,))
         state.num_tokens += 1
         self.num_decode_tokens += 1
+        self.num_decode_forwards += 1
         return state.last_logits
 
     @property
@@ -126,6 +128,7 @@ class Runner:
             state.last_logits = row
             state.num_tokens += 1
         self.num_decode_tokens += len(states)
+        self.num_decode_forwards += 1
         return list(logits)
 
     def _forward(self, state: PrefillState, token_ids: tuple[int, ...]) -> torch.Tensor:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from segcache.cache.registry import Registry
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
+from segcache.engine.invariance import BatchingRefused
 from segcache.server.auth import KeyMap
 from segcache.server.errors import install_error_handlers
 from segcache.server.metrics import Metrics
@@ -25,7 +26,12 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         own_engine = engine is None
-        services = Services(config=config, engine=engine or Engine(config), keys=keys, metrics=Metrics(),
+        try:
+            served = engine or Engine(config)
+        except BatchingRefused as exc:   # say why in one line, not only in a traceback
+            log.error("segcache: %s", exc)
+            raise
+        services = Services(config=config, engine=served, keys=keys, metrics=Metrics(),
                             registry=Registry(), trace=_trace_writer(config))
         services.engine.cache.observers.append(services.metrics.observe_evictions)
         app.state.services = services
