@@ -16,6 +16,7 @@ at a time). HTTP handlers talk to it through `stream()` (async) and tests and be
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import threading
@@ -61,8 +62,8 @@ class Engine:
         # the same count, since the count can change the order of reductions.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
-        self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time), self.scope,
-                                  config.cache_enabled)
+        self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time),
+                                  functools.partial(model_scope, self.loaded), config.cache_enabled)
         self.segment_store = SegmentStore(config.segment_store_bytes)
         runner = Runner(self.loaded, threads=torch.get_num_threads())
         self.batching: BatchingVerdict = decide_batching(
@@ -76,9 +77,7 @@ class Engine:
         self._worker.start()
 
     def scope(self, tenant: str) -> ScopeKey:
-        loaded = self.loaded
-        return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
-                         loaded.tokenizer_fingerprint)
+        return model_scope(self.loaded, tenant)
 
     @property
     def tree(self) -> SegmentTree:
@@ -225,3 +224,9 @@ class Engine:
         self.scheduler.remove(sequence)
         sequence.state = None
         sequence.emit(_Done())
+
+
+def model_scope(loaded: LoadedModel, tenant: str) -> ScopeKey:
+    """A tenant's cache scope under this model: new weights, dtype or tokenizer mean a new scope."""
+    return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
+                     loaded.tokenizer_fingerprint)
