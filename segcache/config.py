@@ -12,6 +12,7 @@ _BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 <
                "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
 DTYPES = ("auto", "float32", "bfloat16")
 BOUNDARY_POLICIES = ("reprocess", "reject")
+BATCHING_MODES = ("auto", "on", "off")
 
 
 def parse_bytes(text: str | int) -> int:
@@ -76,6 +77,12 @@ class ServeConfig:
                                  "none configured = single tenant, any key accepted")
     threads: int | None = _flag(None, "torch threads, fixed for the server's life (default: all cores)")
     max_tokens_default: int = _flag(256, "completion tokens when a request sets no max_tokens")
+    batching: str = _flag("auto", "decode running requests in one batched forward: auto = only where the start-up "
+                          "check finds every row bit-identical to its lone computation; on = refuse to start "
+                          "otherwise; off = one request per decode forward", choices=BATCHING_MODES)
+    max_batch: int = _flag(16, "requests running at once (decoding or prefilling); the rest wait in a FIFO queue")
+    max_running_kv_bytes: int = _flag(1 << 30, "KV buffer bytes all running requests may hold together; "
+                                      "a request that would exceed it waits (one always runs)", parse=parse_bytes)
     trace_file: str | None = _flag(None, "append every request (parts, output, usage, timings) to this JSONL file")
     log_level: str = _flag("info", "uvicorn log level")
 
@@ -94,6 +101,12 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         parse_share(self.tenant_cache_share)
+        if self.batching not in BATCHING_MODES:
+            raise ValueError(f"--batching must be one of {', '.join(BATCHING_MODES)}, got {self.batching!r}")
+        if self.max_batch < 1:
+            raise ValueError("--max-batch must be at least 1")
+        if self.max_running_kv_bytes < 0:
+            raise ValueError("--max-running-kv-bytes must not be negative")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
 

@@ -1,31 +1,42 @@
-"""The engine: owns the model, the cache tree and one worker thread; requests queue and complete.
+"""The engine: scheduler + cache manager + model runner, driven by one worker thread.
 
-One worker keeps the arithmetic deterministic (a fixed thread count, one forward at a time) and
-makes the tree single-writer. HTTP handlers talk to it through `stream()` (async) and tests and
-benchmarks through `run()` (blocking).
+One step of the worker reads like this (see engine/scheduler.py for who runs):
+
+    take new requests (build each prompt; a bad one fails at once)
+    drop cancelled sequences                   (a client that went away costs nothing after this step)
+    step = scheduler.schedule()
+    run one prefill unit of step.prefill       (a part, or a chunk of a long one: engine/units.py)
+    run one decode token for all of step.decode, in ONE forward when batching is verified
+
+One worker keeps the arithmetic deterministic (a fixed thread count per forward shape, one forward
+at a time). HTTP handlers talk to it through `stream()` (async) and tests and benchmarks through
+`run()` (blocking).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from segcache.cache.keys import ScopeKey, scope_key
 from segcache.cache.segments import SegmentStore
-from segcache.cache.tree import Eviction, SegmentTree, SharePolicy
+from segcache.cache.tree import SegmentTree, SharePolicy
 from segcache.config import ServeConfig
+from segcache.engine.cache_manager import CacheManager
 from segcache.engine.executor import Executor
+from segcache.engine.invariance import BatchingVerdict, decide_batching
 from segcache.engine.model import LoadedModel, load_model
 from segcache.engine.request import EngineRequest, Event
-
+from segcache.engine.runner import Runner
+from segcache.engine.scheduler import QueueSnapshot, Scheduler
+from segcache.engine.sequence import Sequence
 
 @dataclass
 class _Job:
@@ -47,27 +58,32 @@ class _Done:
 
 class Engine:
     def __init__(self, config: ServeConfig, loaded: LoadedModel | None = None, tree: SegmentTree | None = None):
-        """`loaded` and `tree` let tests share a model, or one tree between two configurations."""
+        """`loaded` and `tree` let tests share a model, or one tree between two configurations.
+
+        Raises BatchingRefused when --batching on and the start-up check finds batch-variant rows.
+        """
         self.config = config
-        # Threads are chosen per forward by its length only (see Runner): a given part always runs on
+        # Threads are chosen per forward by its shape only (see Runner): a given part always runs on
         # the same count, since the count can change the order of reductions.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
-        self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config))
-        self.tree_lock = threading.RLock()
-        self.segment_store = SegmentStore(config.segment_store_bytes)
-        self.evictions: list[Callable[[list[Eviction]], None]] = []   # observers (metrics)
-        self.executor = Executor(self.loaded, self.tree, self.tree_lock,
-                                 dataclasses.replace(config, threads=torch.get_num_threads()), self.scope, self._on_evict)
         self._tenants_by_scope: dict[ScopeKey, str] = {}
+        self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config)),
+                                  self.scope, config.cache_enabled)
+        self.segment_store = SegmentStore(config.segment_store_bytes)
+        runner = Runner(self.loaded, threads=torch.get_num_threads())
+        self.batching: BatchingVerdict = decide_batching(
+            config.batching, runner.lean.projections() if runner.can_batch else None, self.loaded.dtype,
+            config.max_batch)
+        self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads()), runner)
+        self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._closing = False
         self._worker = threading.Thread(target=self._work, name="segcache-engine", daemon=True)
         self._worker.start()
 
     def scope(self, tenant: str) -> ScopeKey:
-        loaded = self.loaded
-        scope = scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
-                          loaded.tokenizer_fingerprint)
+        scope = model_scope(self.loaded, tenant)
         self._tenants_by_scope.setdefault(scope, tenant)
         return scope
 
@@ -81,13 +97,27 @@ class Engine:
         return sorted(set(self._tenants_by_scope.values()))
 
     @property
+    def tree(self) -> SegmentTree:
+        """The cache tree, for tests that check its invariants; everything else goes through `cache`."""
+        return self.cache.tree
+
+    @property
+    def evictions(self) -> list:
+        """Eviction observers (metrics); kept on the cache manager."""
+        return self.cache.observers
+
+    @property
     def queue_depth(self) -> int:
-        return self._jobs.qsize()
+        return self._jobs.qsize() + self.scheduler.snapshot().depth
+
+    def queue_snapshot(self) -> QueueSnapshot:
+        return self.scheduler.snapshot()
 
     def queued(self, tenant: str) -> int:
-        """This tenant's requests waiting for the worker."""
+        """This tenant's requests not yet running: new ones and those waiting for a running slot."""
         with self._jobs.mutex:
-            return sum(1 for job in self._jobs.queue if job is not None and job.request.tenant == tenant)
+            new = sum(1 for job in self._jobs.queue if job is not None and job.request.tenant == tenant)
+        return new + self.scheduler.snapshot().waiting.get(tenant, 0)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -96,7 +126,8 @@ class Engine:
     # ---------------------------------------------------------------- clients
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[Event]:
-        """Yield the request's events; an engine error is raised here. Closing the iterator cancels decode."""
+        """Yield the request's events; an engine error is raised here. Closing the iterator cancels the
+        request: it stops costing anything within one engine step."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = _Job(request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
@@ -123,14 +154,102 @@ class Engine:
     # ---------------------------------------------------------------- worker
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                self.executor.run(job.request, job.emit, job.cancelled.is_set, job.queued_at)
-            except Exception as exc:  # delivered to the waiting client, never kills the worker
-                job.emit(exc)
-            finally:
-                job.emit(_Done())
+        while not (self._closing and not self.scheduler.has_work):
+            self._take_jobs(block=not self.scheduler.has_work)
+            for sequence in self.scheduler.cancelled():
+                self._cancel(sequence)
+            step = self.scheduler.schedule()
+            if step.prefill is not None:
+                self._prefill(step.prefill)
+            if step.decode:
+                self._decode(step.decode)
 
-    def _on_evict(self, evictions: list[Eviction]) -> None:
-        for observer in self.evictions:
-            observer(evictions)
+    def _take_jobs(self, block: bool) -> None:
+        """Move new requests into the scheduler; wait for one only when there is nothing else to do."""
+        while not self._closing:
+            try:
+                job = self._jobs.get(block=block)
+            except queue.Empty:
+                return
+            if job is None:
+                self._closing = True
+                return
+            self._admit(job)
+            block = False
+
+    def _admit(self, job: _Job) -> None:
+        try:
+            prompt = self.executor.build_prompt(job.request)
+        except Exception as exc:  # delivered to the waiting client, never kills the worker
+            job.emit(exc)
+            job.emit(_Done())
+            return
+        self.scheduler.add(Sequence(job.request, prompt, job.emit, self.executor.kv_bytes(job.request, prompt),
+                                    job.queued_at, job.cancelled))
+
+    def _prefill(self, sequence: Sequence) -> None:
+        try:
+            if sequence.prefill is None:
+                self.executor.begin_prefill(sequence)
+            if not self.executor.prefill_unit(sequence):
+                return
+            sequence.emit(self.executor.finish_prefill(sequence))
+            if not sequence.generates:
+                return self._end(sequence)
+            sequence.decoder = self.executor.new_decoder(sequence)
+            self.scheduler.start_decoding(sequence)
+            self._choose(sequence, sequence.state.last_logits)
+        except Exception as exc:
+            self._fail(sequence, exc)
+
+    def _decode(self, sequences: list[Sequence]) -> None:
+        runner = self.executor.runner
+        try:
+            if self.batching.batched:
+                rows = runner.decode_batch([s.state for s in sequences], [s.decoder.last_token for s in sequences])
+            else:   # one sequence per forward, still one token each per step: streams progress together
+                rows = [runner.decode_step(s.state, s.decoder.last_token) for s in sequences]
+        except Exception as exc:
+            for sequence in sequences:
+                self._fail(sequence, exc)
+            return
+        for sequence, logits in zip(sequences, rows):
+            self._choose(sequence, logits)
+
+    def _choose(self, sequence: Sequence, logits: torch.Tensor) -> None:
+        """The decoder picks the next token from `logits`; finish the sequence if that was its last."""
+        decoder = sequence.decoder
+        for event in decoder.step(logits):
+            sequence.emit(event)
+        if sequence.cancelled.is_set():
+            decoder.cancel()
+        if decoder.done:
+            tail, finished = decoder.finish()
+            for event in tail:
+                sequence.emit(event)
+            sequence.emit(finished)
+            self._end(sequence)
+
+    def _cancel(self, sequence: Sequence) -> None:
+        if sequence.decoder is not None:
+            sequence.decoder.cancel()
+            sequence.emit(sequence.decoder.finish()[1])
+        self._end(sequence)
+
+    def _fail(self, sequence: Sequence, exc: Exception) -> None:
+        sequence.emit(exc)
+        self._end(sequence)
+
+    def _end(self, sequence: Sequence) -> None:
+        """The sequence leaves the engine: release anything it holds, drop its KV buffer, end its stream."""
+        if sequence.prefill is not None and sequence.prefill.held:
+            self.executor.end_prefill(sequence)
+        self.scheduler.remove(sequence)
+        sequence.state = None
+        sequence.emit(_Done())
+
+
+def model_scope(loaded: LoadedModel, tenant: str) -> ScopeKey:
+    """A tenant's cache scope under this model: new weights, dtype or tokenizer mean a new scope."""
+    return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
+                     loaded.tokenizer_fingerprint)

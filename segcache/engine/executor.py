@@ -1,49 +1,31 @@
-"""One request, start to finish: build the prompt, match the tree, prefill part by part, decode.
+"""One sequence's work, a step at a time: build the prompt, match the tree, prefill unit by unit, decode.
 
-Runs only on the engine's worker thread; the tree lock is held only around tree calls, never
-around a forward pass, so inspection endpoints stay responsive during a long prefill.
+The scheduler decides which sequence runs; this module does the work of one prefill unit and keeps
+the prompt report. The tree is reached only through the cache manager, never around a forward.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections.abc import Callable
+from collections import deque
 
-import torch
-
-from segcache.cache.keys import ScopeKey
-from segcache.cache.tree import Eviction, MatchResult, Node, PartSpec, PinQuotaError, SegmentTree
+from segcache.cache.tree import MatchResult, Node, PartSpec, PinQuotaError
 from segcache.config import ServeConfig
+from segcache.engine.cache_manager import CacheManager
+from segcache.engine.decoding import Decoder
 from segcache.engine.model import LoadedModel
 from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt, build_completion_prompt
-from segcache.engine.request import EngineRequest, Finished, PromptReport, Receipt
-from segcache.engine.runner import PrefillState, Runner, kv_bytes_per_token, kv_num_bytes
-from segcache.engine.decoding import Decoder
-
-Emit = Callable[[object], None]
+from segcache.engine.request import EngineRequest, PromptReport, Receipt
+from segcache.engine.runner import Runner, kv_bytes_per_token, kv_num_bytes
+from segcache.engine.sequence import PrefillProgress, Sequence
+from segcache.engine.units import prefill_units
 
 
 class Executor:
-    def __init__(self, loaded: LoadedModel, tree: SegmentTree, tree_lock: threading.RLock, config: ServeConfig,
-                 scope_of: Callable[[str], ScopeKey], on_evict: Callable[[list[Eviction]], None]):
-        self.loaded, self.tree, self.tree_lock, self.config = loaded, tree, tree_lock, config
-        self.scope_of, self.on_evict = scope_of, on_evict
-        self.runner = Runner(loaded, threads=config.threads)
+    def __init__(self, loaded: LoadedModel, cache: CacheManager, config: ServeConfig, runner: Runner):
+        self.loaded, self.cache, self.config, self.runner = loaded, cache, config, runner
         self.bytes_per_token = kv_bytes_per_token(loaded)
-
-    def run(self, request: EngineRequest, emit: Emit, cancelled: Callable[[], bool], queued_at: float) -> None:
-        started = time.perf_counter()
-        try:
-            prompt = self.build_prompt(request)
-            state, report = self._prefill(request, prompt, queue_s=started - queued_at)
-            emit(report)
-            if request.kind != "warm":
-                emit(self._decode(request, state, emit, cancelled))
-        finally:  # a failed request must not leave the tree over budget either
-            with self.tree_lock:
-                self.on_evict(self.tree.evict_to_capacity())
 
     def build_prompt(self, request: EngineRequest) -> Prompt:
         tokenizer, segments = self.loaded.tokenizer, [s.text for s in request.segments]
@@ -65,90 +47,100 @@ class Executor:
             raise PromptError("the prompt is empty", "empty_prompt", param="prompt")
         return prompt
 
+    def kv_bytes(self, request: EngineRequest, prompt: Prompt) -> int:
+        """The KV buffer the sequence will hold while running (its admission cost)."""
+        per_token = self.loaded.model.config.num_hidden_layers * 2 * self._kv_row_bytes()
+        return per_token * self._capacity(request, prompt)
+
     # ---------------------------------------------------------------- prefill
 
-    def _prefill(self, request: EngineRequest, prompt: Prompt, queue_s: float) -> tuple[PrefillState, PromptReport]:
-        started = time.perf_counter()
+    def begin_prefill(self, sequence: Sequence) -> None:
+        """Match and lock the cached chain, load it into a fresh KV buffer, plan the units left."""
+        request, prompt = sequence.request, sequence.prompt
         specs = [PartSpec(p.key, p.token_ids, p.label) for p in prompt.parts]
         # The last part of a generating request is always computed: its logits start the reply.
-        matchable = specs if request.kind == "warm" else specs[:-1]
-        scope = self.scope_of(request.tenant)
-        with self.tree_lock:
-            self.on_evict(self.tree.evict(0))
-            match = self.tree.match(scope, matchable) if self.config.cache_enabled else MatchResult([], 0, None)
-            if request.pin and self.config.cache_enabled:
-                self._check_pin_room(scope, prompt, match)   # before anything changes: a refusal stores nothing
-            self.tree.lock(match.nodes)
-            self.tree.touch(match.nodes)
-            self._refresh_ttl(request, prompt, match.nodes)
-            parent = self.tree.root(scope)
-        held = list(match.nodes)
+        matchable = specs if not sequence.generates else specs[:-1]
+        pin_cost = self._pin_cost(prompt) if request.pin and self.cache.enabled else None
+        acquired = self.cache.acquire(request.tenant, matchable, [self._ttl(request, p) for p in prompt.parts],
+                                      pin_cost)
+        nodes = acquired.match.nodes
+        units = deque((index, start, end) for index in range(len(nodes), len(prompt.parts))
+                      for start, end in prefill_units(len(prompt.parts[index].token_ids)) or [(0, 0)])
+        sequence.prefill = PrefillProgress(acquired, specs, units, list(nodes), acquired.parent, self.cache.enabled)
         try:
-            capacity = sum(len(p.token_ids) for p in prompt.parts) + (
-                request.sampling.max_tokens if request.kind != "warm" else 0)
-            state = self.runner.start([n.payload for n in match.nodes], min(capacity, self.loaded.max_context))
-            parent = match.nodes[-1] if match.nodes else parent
-            caching = self.config.cache_enabled
-            for index in range(len(match.nodes), len(prompt.parts)):
-                kv = self.runner.prefill_part(state, prompt.parts[index].token_ids)
-                if caching:
-                    node = self._insert(parent, specs[index], kv, self._ttl(request, prompt.parts[index]))
-                    caching = node is not None
-                    if node is not None:
-                        parent = node
-                        held.append(node)
-            chain = held if caching else []
-            if request.pin and chain:
-                self._pin(scope, chain)
-            elif request.unpin and chain:
-                with self.tree_lock:
-                    self.tree.unpin(chain)
+            sequence.state = self.runner.start([n.payload for n in nodes], self._capacity(request, prompt))
+        except BaseException:
+            self.end_prefill(sequence)
+            raise
+
+    def prefill_unit(self, sequence: Sequence) -> bool:
+        """Run the next unit; cache the part it completes. True when the whole prompt is prefilled
+        (at once for a warm request whose every part was cached)."""
+        progress = sequence.prefill
+        if not progress.units:
+            return True
+        index, start, end = progress.units.popleft()
+        part = sequence.prompt.parts[index]
+        self.runner.prefill_unit(sequence.state, part.token_ids[start:end])
+        if end == len(part.token_ids) and progress.caching:
+            kv = self.runner.part_kv(sequence.state, sequence.state.num_tokens - len(part.token_ids))
+            node = self.cache.extend(progress.parent, progress.specs[index], kv, kv_num_bytes(kv),
+                                     self._ttl(sequence.request, part))
+            progress.caching = node is not None
+            if node is not None:
+                progress.parent = node
+                progress.held.append(node)
+        return not progress.units
+
+    def finish_prefill(self, sequence: Sequence) -> PromptReport:
+        """Pin if asked, release the chain, and report what was cached and computed."""
+        progress = sequence.prefill
+        try:
+            chain = progress.held if progress.caching else []
+            if sequence.request.pin and chain:
+                self.cache.pin(progress.acquired.scope, chain)
+            elif sequence.request.unpin and chain:
+                self.cache.unpin(chain)
         finally:
-            with self.tree_lock:
-                self.tree.unlock(held)
-                self.on_evict(self.tree.evict_to_capacity())   # so the budget holds while it decodes, too
-        return state, self._report(request, prompt, match, chain, time.perf_counter() - started, queue_s)
+            self.end_prefill(sequence)
+        queue_s = progress.started - sequence.queued_at
+        return self._report(sequence.request, sequence.prompt, progress.acquired.match, chain,
+                            time.perf_counter() - progress.started, queue_s)
 
-    def _insert(self, parent: Node, spec: PartSpec, kv: torch.Tensor, ttl: float | None) -> Node | None:
-        """None when the parent left the tree meanwhile (the tenant cleared its cache): the request
-        still completes, its remaining parts are just not cached."""
-        with self.tree_lock:
-            if not self.tree.contains(parent):
-                return None
-            # Make room first, so the budget holds during the request too (only this request's own
-            # locked chain can push past it, and only until it finishes).
-            overflow = self.tree.used_bytes + kv_num_bytes(kv) - self.tree.capacity_bytes
-            if overflow > 0:
-                self.on_evict(self.tree.evict(overflow))
-            node = self.tree.insert(parent, spec, kv, kv_num_bytes(kv), ttl_seconds=ttl)
-            self.tree.lock([node])
-            self.tree.touch([node], hit=False)
-        return node
+    def end_prefill(self, sequence: Sequence) -> None:
+        """Release the chain the sequence holds (also when it fails or is cancelled mid-prefill)."""
+        if sequence.prefill is not None and sequence.prefill.held:
+            self.cache.release(sequence.prefill.held)
+            sequence.prefill.held = []
+        self.cache.evict_to_capacity()
 
-    def _check_pin_room(self, scope: ScopeKey, prompt: Prompt, match: MatchResult) -> None:
-        new_tokens = sum(len(p.token_ids) for p in prompt.parts[len(match.nodes):])
-        needed = new_tokens * self.bytes_per_token + sum(n.num_bytes for n in match.nodes if not n.pinned)
-        if needed > (room := self.tree.pin_room(scope)):
-            raise _pin_quota_error(needed, room, self.tree.pinned_bytes(scope))
+    def new_decoder(self, sequence: Sequence) -> Decoder:
+        request, state = sequence.request, sequence.state
+        limit = min(request.sampling.max_tokens, self.loaded.max_context - state.num_tokens)
+        return Decoder(request.sampling, self.loaded.tokenizer, self.loaded.eos_token_ids, limit,
+                       keep_logits=request.keep_logits)
 
-    def _pin(self, scope: ScopeKey, chain: list[Node]) -> None:
-        with self.tree_lock:
-            try:
-                self.tree.pin(chain)
-            except PinQuotaError as exc:  # checked before prefill; only a concurrent change can land here
-                raise _pin_quota_error(exc.needed, exc.room, self.tree.pinned_bytes(scope)) from exc
+    def _pin_cost(self, prompt: Prompt):
+        """The pin bytes a warm with `pin: true` needs, given what matched: checked before anything changes,
+        so a refusal stores nothing."""
+        def cost(match: MatchResult) -> int:
+            new_tokens = sum(len(p.token_ids) for p in prompt.parts[len(match.nodes):])
+            return new_tokens * self.bytes_per_token + sum(n.num_bytes for n in match.nodes if not n.pinned)
+        return cost
+
+    def _capacity(self, request: EngineRequest, prompt: Prompt) -> int:
+        generated = request.sampling.max_tokens if request.kind != "warm" else 0
+        return min(sum(len(p.token_ids) for p in prompt.parts) + generated, self.loaded.max_context)
+
+    def _kv_row_bytes(self) -> int:
+        config = self.loaded.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return config.num_key_value_heads * head_dim * self.loaded.dtype.itemsize
 
     def _ttl(self, request: EngineRequest, part: Part) -> float | None:
         if part.segment_index is not None and request.segments[part.segment_index].ttl_seconds is not None:
             return request.segments[part.segment_index].ttl_seconds
         return self.config.default_ttl
-
-    def _refresh_ttl(self, request: EngineRequest, prompt: Prompt, nodes: list[Node]) -> None:
-        """A hit keeps a segment alive for another ttl (sliding expiry)."""
-        for node, part in zip(nodes, prompt.parts):
-            ttl = self._ttl(request, part)
-            if ttl is not None:
-                self.tree.set_ttl([node], ttl)
 
     # ---------------------------------------------------------------- reporting
 
@@ -172,33 +164,6 @@ class Executor:
             prompt_tokens=sum(len(p.token_ids) for p in prompt.parts), cached_tokens=match.num_tokens,
             receipts=tuple(receipts), parts=tuple(parts), chain_hash=_chain_hash(segment_nodes),
             expires_at=min(expiries) if expiries else None, prefill_s=prefill_s, queue_s=queue_s)
-
-    # ---------------------------------------------------------------- decode
-
-    def _decode(self, request: EngineRequest, state: PrefillState, emit: Emit, cancelled: Callable[[], bool]) -> Finished:
-        limit = min(request.sampling.max_tokens, self.loaded.max_context - state.num_tokens)
-        decoder = Decoder(request.sampling, self.loaded.tokenizer, self.loaded.eos_token_ids, limit,
-                          keep_logits=request.keep_logits)
-        logits = state.last_logits
-        while not decoder.done:
-            for event in decoder.step(logits):
-                emit(event)
-            if cancelled():
-                decoder.cancel()
-            if not decoder.done:
-                logits = self.runner.decode_step(state, decoder.last_token)
-        tail, finished = decoder.finish()
-        for event in tail:
-            emit(event)
-        return finished
-
-
-def _pin_quota_error(needed: int, room: int, pinned: int) -> PromptError:
-    return PromptError(
-        f"pinning these segments needs {needed} more bytes of KV, but this tenant may pin only {room} more "
-        f"(it pins {pinned}; pins are limited to the tenant's guaranteed cache share and, for all tenants "
-        "together, to the cache budget). Nothing was cached or pinned: unpin with DELETE /v1/cache/pins, "
-        "pin fewer segments, or warm without pin", "pin_quota_exceeded", param="pin", status=409)
 
 
 def _receipt(segment, tokens: int, hit: bool, after_missed_segment: bool, match: MatchResult) -> Receipt:

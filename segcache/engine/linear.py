@@ -23,5 +23,9 @@ class DenseLinear:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

@@ -56,6 +56,12 @@ class LlamaForward:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def projections(self) -> list[tuple[str, object]]:
+        """(name, linear) of every distinct projection shape a decode step runs (the batch-invariance check)."""
+        first = self.layers[0]
+        return [("qkv", first.qkv), ("o_proj", first.o_proj), ("gate_up", first.gate_up),
+                ("down_proj", first.down_proj), ("lm_head", self.lm_head)]
+
     def new_cache(self, capacity: int) -> torch.Tensor:
         return torch.empty((self.num_layers, 2, self.num_kv_heads, capacity, self.head_dim), dtype=self.dtype)
 
@@ -81,6 +87,46 @@ class LlamaForward:
             x = x + layer.down_proj(F.silu(gate) * up)
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
+
+    @torch.inference_mode()
+    def decode(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor) -> torch.Tensor:
+        """One token for each of B sequences in one forward; return each one's next logits, (B, V).
+
+        The linear layers run on the stacked rows; RoPE, the KV write and attention are per sequence,
+        each against its own buffer up to its own position (the same ops, on the same shapes, as
+        `forward` with one token, so a row's bits depend on the batch only through the linears):
+
+            x (B, C) -> qkv (B, (H + 2 H_kv) D) -> per sequence b: cache_b[pos_b] = k_b, v_b
+                                                                    attn_b = q_b . cache_b[:pos_b + 1]
+        """
+        num_seqs = ids.shape[0]
+        x = F.embedding(ids, self.embed)                                      # (B, C)
+        index = torch.tensor(positions, dtype=torch.long)
+        cos, sin = self.cos[index].unsqueeze(1), self.sin[index].unsqueeze(1)  # (B, 1, D)
+        for layer_index, layer in enumerate(self.layers):
+            h = _rms_norm(x, layer.input_norm, self.eps)
+            q, k, v = self._qkv_rows(layer, h, cos, sin)                      # (B, H, D), (B, Hkv, D) x2
+            rows = []
+            for seq, (cache, position) in enumerate(zip(caches, positions)):
+                cache[layer_index, 0, :, position] = k[seq]
+                cache[layer_index, 1, :, position] = v[seq]
+                rows.append(self._attend(q[seq].unsqueeze(1), cache[layer_index, 0, :, :position + 1],
+                                         cache[layer_index, 1, :, :position + 1], None))   # (H, 1, D)
+            x = x + layer.o_proj(torch.stack(rows).reshape(num_seqs, -1))
+            h = _rms_norm(x, layer.post_norm, self.eps)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down_proj(F.silu(gate) * up)
+        return self.lm_head(_rms_norm(x, self.final_norm, self.eps))         # (B, V)
+
+    def _qkv_rows(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (B, H, D), k and v (B, H_kv, D) for one token per sequence; cos, sin (B, 1, D)."""
+        num_seqs = h.shape[0]
+        q, k, v = layer.qkv(h).split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                                      self.num_kv_heads * self.head_dim], dim=-1)
+        q = q.view(num_seqs, self.num_heads, self.head_dim)
+        k = k.view(num_seqs, self.num_kv_heads, self.head_dim)
+        v = v.view(num_seqs, self.num_kv_heads, self.head_dim)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Grouped-query attention. Parts of FLASH_MIN_TOKENS or more use the library's fused kernel;

@@ -21,6 +21,7 @@ from transformers.cache_utils import DynamicCache
 
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
+from segcache.engine.units import prefill_units
 
 
 SMALL_FORWARD_TOKENS = 64
@@ -47,6 +48,7 @@ class Runner:
         self.lean = LlamaForward(loaded.model) if lean and LlamaForward.supports(loaded.model) else None
         self.num_prefill_tokens = 0      # tokens actually run through the model in prefill (for audits and tests)
         self.num_decode_tokens = 0
+        self.num_decode_forwards = 0     # decode forwards run; fewer than decode tokens when steps were batched
 
     # ---------------------------------------------------------------- prefill
 
@@ -69,20 +71,31 @@ class Runner:
 
     @torch.inference_mode()
     def prefill_part(self, state: PrefillState, token_ids: tuple[int, ...]) -> torch.Tensor:
-        """Run one part against the state's context; return a copy of that part's KV, (L, 2, H, T, D)."""
-        start, num_new = state.num_tokens, len(token_ids)
-        if num_new:
+        """Run one part, unit by unit, against the state's context; return a copy of its KV, (L, 2, H, T, D)."""
+        start = state.num_tokens
+        for unit_start, unit_end in prefill_units(len(token_ids)):
+            self.prefill_unit(state, token_ids[unit_start:unit_end])
+        return self.part_kv(state, start)
+
+    @torch.inference_mode()
+    def prefill_unit(self, state: PrefillState, token_ids: tuple[int, ...]) -> None:
+        """One forward over a prefill unit (a part, or a chunk of one: see engine/units.py)."""
+        if token_ids:
             state.last_logits = self._forward(state, token_ids)
-            state.num_tokens += num_new
-            self.num_prefill_tokens += num_new
+            state.num_tokens += len(token_ids)
+            self.num_prefill_tokens += len(token_ids)
+
+    def part_kv(self, state: PrefillState, start: int) -> torch.Tensor:
+        """A copy of the KV of positions start..num_tokens (the part just prefilled), (L, 2, H, T, D)."""
+        end = state.num_tokens
         if self.lean is not None:
-            return state.cache[:, :, :, start:start + num_new].clone()
-        if not num_new:
+            return state.cache[:, :, :, start:end].clone()
+        if end == start:
             config = self.model.config
             head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
             return torch.empty((config.num_hidden_layers, 2, config.num_key_value_heads, 0, head_dim),
                                dtype=self.loaded.dtype)
-        return torch.stack([torch.stack((layer.keys[0, :, start:], layer.values[0, :, start:]))
+        return torch.stack([torch.stack((layer.keys[0, :, start:end], layer.values[0, :, start:end]))
                             for layer in state.cache.layers])
 
     # ---------------------------------------------------------------- decode
@@ -93,12 +106,33 @@ class Runner:
         state.last_logits = self._forward(state, (token_id,))
         state.num_tokens += 1
         self.num_decode_tokens += 1
+        self.num_decode_forwards += 1
         return state.last_logits
 
+    @property
+    def can_batch(self) -> bool:
+        """Whether several sequences can share one decode forward (the lean forward only)."""
+        return self.lean is not None
+
+    @torch.inference_mode()
+    def decode_batch(self, states: list[PrefillState], token_ids: list[int]) -> list[torch.Tensor]:
+        """One token for each sequence in ONE forward; each sequence's next logits (vocab,).
+
+        Always on one thread, whatever the batch size: the thread count can change a row's bits, and
+        the start-up check (engine/invariance.py) verifies row invariance on one thread.
+        """
+        _use_threads(1)
+        logits = self.lean.decode(tuple(s.cache for s in states), tuple(s.num_tokens for s in states),
+                                  torch.tensor(token_ids, dtype=torch.long))            # (B, V)
+        for state, row in zip(states, logits):
+            state.last_logits = row
+            state.num_tokens += 1
+        self.num_decode_tokens += len(states)
+        self.num_decode_forwards += 1
+        return list(logits)
+
     def _forward(self, state: PrefillState, token_ids: tuple[int, ...]) -> torch.Tensor:
-        threads = 1 if len(token_ids) < SMALL_FORWARD_TOKENS else self.threads
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        _use_threads(1 if len(token_ids) < SMALL_FORWARD_TOKENS else self.threads)
         ids = torch.tensor(token_ids, dtype=torch.long)                                   # (T,)
         if self.lean is not None:
             return self.lean.forward(state.cache, state.num_tokens, ids)
@@ -106,6 +140,11 @@ class Runner:
         out = self.model(input_ids=ids.unsqueeze(0), past_key_values=state.cache, position_ids=positions,
                          use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
+
+
+def _use_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def kv_num_bytes(kv: torch.Tensor) -> int:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from segcache.cache.registry import Registry
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
+from segcache.engine.invariance import BatchingRefused
 from segcache.server.auth import KeyMap
 from segcache.server.errors import install_error_handlers
 from segcache.server.limits import BodyLimit
@@ -27,11 +28,15 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         own_engine = engine is None
-        running = engine or Engine(config)
+        try:
+            running = engine or Engine(config)
+        except BatchingRefused as exc:   # say why in one line, not only in a traceback
+            log.error("segcache: %s", exc)
+            raise
         registry = Registry(config.max_registry_entries, config.max_registry_bytes)
         services = Services(config=config, engine=running, keys=keys, metrics=Metrics(running.tenant_of_scope),
                             registry=registry, trace=_trace_writer(config))
-        services.engine.evictions.append(services.metrics.observe_evictions)
+        services.engine.cache.observers.append(services.metrics.observe_evictions)
         app.state.services = services
         _announce(services)
         yield
@@ -64,3 +69,6 @@ def _announce(services: Services) -> None:
     cache = f"cache {config.cache_bytes} bytes" if config.cache_enabled else "cache off (--cache-bytes 0)"
     log.warning("segcache: model %s (%s, context %d), %s, %s", loaded.model_id, loaded.dtype_name,
                 loaded.max_context, cache, tenancy)
+    verdict = services.engine.batching
+    log.warning("segcache: batching %s, up to %d running requests (%s)", "on" if verdict.batched else "off",
+                config.max_batch, verdict.reason)

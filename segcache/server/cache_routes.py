@@ -12,6 +12,7 @@ from segcache.cache.keys import segment_hash
 from segcache.cache.registry import RegistryFullError
 from segcache.engine.prompt import SegmentText
 from segcache.engine.request import EngineRequest, PromptReport, SegmentInput
+from segcache.engine.cache_manager import CacheInUseError
 from segcache.server import protocol
 from segcache.server.errors import ApiError
 from segcache.server.limits import check_prompt_limits
@@ -54,9 +55,7 @@ async def unpin_all(request: Request) -> dict:
     """Release every pin of this tenant: the nodes stay cached, now evictable like any other."""
     services = services_of(request)
     tenant = services.tenant(request)
-    engine = services.engine
-    with engine.tree_lock:
-        unpinned = engine.tree.unpin_scope(engine.scope(tenant))
+    unpinned = services.engine.cache.unpin_tenant(tenant)
     return {"object": "cache.unpinned", "tenant": tenant, "unpinned_bytes": unpinned}
 
 
@@ -68,16 +67,12 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     tenant = services.tenant(request)
     engine = services.engine
     scope = engine.scope(tenant)
-    with engine.tree_lock:
-        if check:
-            try:
-                engine.tree.check(within_budget=True)
-            except AssertionError as exc:
-                raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
-        if format == "text":
-            return PlainTextResponse(engine.tree.render_text(scope) if scope in engine.tree.scopes() else "(empty)\n")
-        nodes = [_node_json(depth, node) for depth, node in engine.tree.iter_nodes(scope)] \
-            if scope in engine.tree.scopes() else []
+    try:
+        nodes = engine.cache.inspect(tenant, _node_json, check=check)
+    except AssertionError as exc:
+        raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
+    if format == "text":
+        return PlainTextResponse(engine.cache.render_text(tenant))
     return {"object": "cache", "tenant": tenant, **({"check": "ok"} if check else {}), "model": engine.loaded.model_id, "scope": scope,
             "num_nodes": len(nodes), "tokens": sum(n["tokens"] for n in nodes),
             "bytes": sum(n["bytes"] for n in nodes), "capacity_bytes": services.config.cache_bytes,
@@ -89,17 +84,12 @@ async def clear(request: Request) -> dict:
     services = services_of(request)
     tenant = services.tenant(request)
     engine = services.engine
-    scope = engine.scope(tenant)
-    with engine.tree_lock:
-        if scope not in engine.tree.scopes():
-            freed = 0
-        else:
-            try:
-                freed = engine.tree.remove_scope(scope)
-            except (AssertionError, RuntimeError, ValueError) as exc:
-                raise ApiError(409, "a running request is using this cache; retry when it finishes",
-                               "cache_in_use") from exc
-        engine.segment_store.clear(tenant)
+    try:
+        freed = engine.cache.clear(tenant)
+    except CacheInUseError as exc:
+        raise ApiError(409, "a running request is using this cache; retry when it finishes",
+                       "cache_in_use") from exc
+    engine.segment_store.clear(tenant)
     return {"object": "cache.cleared", "tenant": tenant, "freed_bytes": freed}
 
 
@@ -162,6 +152,7 @@ async def delete_segment(name: str, request: Request) -> dict:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     services = services_of(request)
+    services.metrics.observe_queue(services.engine.queue_snapshot())
     text = services.metrics.render(services.figures(), services.viewer(request))
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 

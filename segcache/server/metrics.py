@@ -68,6 +68,15 @@ class Metrics:
                                   ["tenant"], registry=r)
         self.tenant_queued = Gauge("segcache_tenant_queued", "This tenant's requests waiting for the engine",
                                    ["tenant"], registry=r)
+        self.tenant_queue_depth = Gauge("segcache_tenant_queue_depth", "Requests of this tenant waiting for a "
+                                        "running slot", ["tenant"], registry=r)
+        self.tenant_queue_position = Gauge("segcache_tenant_queue_position", "Queue position of this tenant's "
+                                           "oldest waiting request (0 = next to run)", ["tenant"], registry=r)
+        self.running = Gauge("segcache_running_requests", "Requests prefilling or decoding", registry=r)
+        self.running_kv_bytes = Gauge("segcache_running_kv_bytes", "KV buffer bytes held by running requests",
+                                      registry=r)
+        self._queued_tenants: set[str] = set()
+        self._positioned_tenants: set[str] = set()
         self.ttft = Histogram("segcache_ttft_seconds", "Time to first token", ["tenant"],
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("segcache_request_seconds", "Request latency, start to last token", ["tenant"],
@@ -86,6 +95,20 @@ class Metrics:
         self.decode_tokens.labels(tenant).inc(finished.completion_tokens)
         self.ttft.labels(tenant).observe(timings["ttft_s"])
         self.latency.labels(tenant).observe(timings["total_s"])
+
+    def observe_queue(self, snapshot) -> None:
+        """The scheduler's QueueSnapshot: per-tenant depth (0 once drained) and oldest waiting position
+        (no series while nothing of the tenant waits)."""
+        for tenant in self._positioned_tenants - set(snapshot.first_position):
+            self.tenant_queue_position.remove(tenant)
+        self._positioned_tenants = set(snapshot.first_position)
+        self._queued_tenants |= set(snapshot.waiting)
+        for tenant in self._queued_tenants:
+            self.tenant_queue_depth.labels(tenant).set(snapshot.waiting.get(tenant, 0))
+        for tenant, position in snapshot.first_position.items():
+            self.tenant_queue_position.labels(tenant).set(position)
+        self.running.set(snapshot.running)
+        self.running_kv_bytes.set(snapshot.running_kv_bytes)
 
     def observe_evictions(self, evictions: list[Eviction]) -> None:
         for eviction in evictions:

@@ -26,18 +26,23 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> dict:
-    """Anyone: ok. A tenant's key: also its own queued requests. The admin key: the server and every tenant."""
+    """Anyone: ok. A tenant's key: its own queued requests and the batching verdict. The admin key (or a
+    single-tenant server): the server and every tenant."""
     services = services_of(request)
-    if services.is_admin(request):
+    engine = services.engine
+    batching = {"mode": engine.batching.mode, "batched": engine.batching.batched, "reason": engine.batching.reason,
+                "max_batch": services.config.max_batch}
+    if services.is_admin(request) or not services.keys.multi_tenant:   # one tenant: it may see everything
         figures = services.figures()
-        return {"status": "ok", "model": services.engine.loaded.model_id, "cache_enabled": services.config.cache_enabled,
+        return {"status": "ok", "model": engine.loaded.model_id, "cache_enabled": services.config.cache_enabled,
                 "queue_depth": figures.queue_depth, "cache_bytes": figures.cache_bytes,
-                "capacity_bytes": figures.capacity_bytes, "tenants": [asdict(t) for t in figures.tenants]}
+                "capacity_bytes": figures.capacity_bytes, "batching": batching,
+                "tenants": [asdict(t) for t in figures.tenants]}
     if not request.headers.get("authorization"):
         return {"status": "ok"}
     tenant = services.tenant(request)
-    return {"status": "ok", "model": services.engine.loaded.model_id, "tenant": tenant,
-            "queued": services.engine.queued(tenant)}
+    return {"status": "ok", "model": engine.loaded.model_id, "tenant": tenant, "queued": engine.queued(tenant),
+            "batching": batching}
 
 
 @router.get("/v1/models")

@@ -44,12 +44,15 @@ class Services:
 
     def figures(self) -> ServerFigures:
         engine = self.engine
-        with engine.tree_lock:
-            tree = engine.tree
+        names = sorted(set(engine.tenants) | self.keys.tenants)
+        queued = {tenant: engine.queued(tenant) for tenant in names}
+
+        def look(tree) -> ServerFigures:
             tenants = tuple(TenantFigures(tenant, tree.scope_bytes(scope := engine.scope(tenant)),
                                           tree.scope_nodes(scope), tree.pinned_bytes(scope), tree.share(scope),
-                                          engine.queued(tenant)) for tenant in sorted(set(engine.tenants) | self.keys.tenants))
+                                          queued[tenant]) for tenant in names)
             return ServerFigures(tree.used_bytes, self.config.cache_bytes, tree.num_nodes, engine.queue_depth, tenants)
+        return engine.cache.read(look)
 
     def check_model(self, model: str) -> None:
         served = self.engine.loaded.model_id

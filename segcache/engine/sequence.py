@@ -1,0 +1,56 @@
+"""One request inside the engine: its prompt, where its prefill stands, its KV buffer and its decoder.
+
+    waiting --admit--> prefilling --last unit--> decoding --done/cancelled--> finished
+                           |  (one unit per engine step)   (one token per engine step)
+                           +-- warm requests finish here
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from segcache.cache.tree import Node, PartSpec
+from segcache.engine.cache_manager import Acquired
+from segcache.engine.decoding import Decoder
+from segcache.engine.prompt import Prompt
+from segcache.engine.request import EngineRequest
+from segcache.engine.runner import PrefillState
+
+Emit = Callable[[object], None]
+
+
+@dataclass
+class PrefillProgress:
+    """A sequence's prefill between engine steps: the units left and the cached chain it holds."""
+    acquired: Acquired
+    specs: list[PartSpec]
+    units: deque[tuple[int, int, int]]     # (part index, start, end) offsets within the part, in order
+    held: list[Node]                       # locked nodes: the matched chain, then each part it cached
+    parent: Node                           # where the next computed part is cached
+    caching: bool                          # False once a part could not be cached (scope cleared)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Sequence:
+    request: EngineRequest
+    prompt: Prompt
+    emit: Emit
+    kv_bytes: int                          # the KV buffer it holds while running (admission budget)
+    queued_at: float
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    prefill: PrefillProgress | None = None
+    state: PrefillState | None = None
+    decoder: Decoder | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
+
+    @property
+    def generates(self) -> bool:
+        return self.request.kind != "warm"

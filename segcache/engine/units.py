@@ -1,0 +1,21 @@
+"""Prefill units: the pieces a part is computed in, one forward each.
+
+A long part is cut into chunks of PREFILL_CHUNK_TOKENS at fixed offsets from the part's start, so
+a cached and an uncached run (and a run beside other requests) compute every part in the same
+forwards on the same shapes, and the scheduler can run other sequences' decode steps between two
+chunks of a long prefill.
+
+    part tokens:  0 ........ 256 ........ 512 ..... 700
+    units:        [ chunk 0  ][ chunk 1   ][ chunk 2 ]
+
+Block-level reuse (caching within a part) can key its blocks on the same units.
+"""
+
+from __future__ import annotations
+
+PREFILL_CHUNK_TOKENS = 256
+
+
+def prefill_units(num_tokens: int, chunk_tokens: int = PREFILL_CHUNK_TOKENS) -> list[tuple[int, int]]:
+    """(start, end) offsets of each unit of a part of `num_tokens` tokens; [] for an empty part."""
+    return [(start, min(start + chunk_tokens, num_tokens)) for start in range(0, num_tokens, chunk_tokens)]

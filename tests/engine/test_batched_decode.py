@@ -1,0 +1,34 @@
+"""The batched decode forward: every sequence's logits at every step equal those of its lone decode."""
+
+import torch
+
+from segcache.engine.runner import Runner
+
+PROMPTS = [(1, 2, 3, 4, 5), (7, 8, 9), (10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20), (21,)]
+
+
+def lone_logits(runner: Runner, prompt: tuple[int, ...], steps: int) -> list[torch.Tensor]:
+    state = runner.start([], len(prompt) + steps)
+    runner.prefill_part(state, prompt)
+    logits = [state.last_logits]
+    for _ in range(steps):
+        logits.append(runner.decode_step(state, int(logits[-1].argmax())))
+    return logits
+
+
+def test_each_row_of_a_batched_decode_equals_its_lone_decode_bit_for_bit(load):
+    runner = Runner(load("default", "bfloat16"))
+    steps = 6
+    states = []
+    for prompt in PROMPTS:   # different lengths: each sequence attends at its own position
+        state = runner.start([], len(prompt) + steps)
+        runner.prefill_part(state, prompt)
+        states.append(state)
+    batched = [[s.last_logits] for s in states]
+    for _ in range(steps):
+        rows = runner.decode_batch(states, [int(history[-1].argmax()) for history in batched])
+        for history, row in zip(batched, rows):
+            history.append(row)
+    for prompt, history in zip(PROMPTS, batched):
+        for step, (got, want) in enumerate(zip(history, lone_logits(runner, prompt, steps))):
+            assert torch.equal(got, want), f"prompt of {len(prompt)} tokens, step {step}: logits differ"
