@@ -72,6 +72,7 @@ class ServeConfig:
     max_registry_bytes: int = _flag(64 << 20, "UTF-8 bytes of named segment content each tenant may register",
                                     parse=parse_bytes)
     timeout_keep_alive: float = _flag(5.0, "seconds an idle keep-alive connection stays open")
+    header_timeout: float = _flag(10.0, "seconds a client has to send a request's line and headers")
     shutdown_grace: float = _flag(10.0, "seconds SIGTERM waits for running requests before cancelling them")
     api_keys: str | None = _flag(None, "file of 'key:tenant' lines (also SEGCACHE_API_KEYS=key:tenant,...); "
                                  "none configured = single tenant, any key accepted")
@@ -92,7 +93,7 @@ class ServeConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("cache_bytes", "pin_bytes_per_tenant", "segment_store_bytes", "max_tokens_default",
-                     "max_registry_bytes", "timeout_keep_alive", "shutdown_grace"):
+                     "max_registry_bytes", "timeout_keep_alive", "header_timeout", "shutdown_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         if self.default_ttl is not None and self.default_ttl <= 0:

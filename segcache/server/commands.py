@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from segcache.server.app import create_app
+    from segcache.server.http_protocol import protocol_class
     from segcache.server.shutdown import bound_shutdown
 
     try:
@@ -41,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn's own limit is a backstop: our streams end in-band at --shutdown-grace, a little before it.
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                            timeout_keep_alive=config.timeout_keep_alive,
+                                           http=protocol_class(config.header_timeout),
                                            timeout_graceful_shutdown=config.shutdown_grace + 2))
     bound_shutdown(server, app, config.shutdown_grace)
     _announce_when_ready(server, config)

@@ -3,6 +3,7 @@ bounded graceful shutdown that ends a running stream in-band."""
 
 import json
 import signal
+import socket
 import time
 
 import httpx
@@ -52,3 +53,26 @@ def test_sigterm_ends_a_running_stream_after_the_grace_period(serve):
     assert json.loads(events[-1][len("data: "):])["error"]["code"] == "server_shutting_down"
     assert 1 <= ended < 15   # the grace period, not the 4,000 tokens (about 20 s on this model)
     assert running.process.wait(timeout=20) in (0, -signal.SIGTERM)   # uvicorn re-raises the signal it handled
+
+
+def _raw(url: str, data: bytes, wait_s: float = 10.0) -> bytes:
+    """Send `data` (it need not be a whole request) on a fresh socket; everything until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_malformed_requests_get_an_openai_error_and_slow_headers_are_cut_off(serve):
+    running = serve("--model", "tiny", "--header-timeout", "1")
+    # A header past h11's 16 KiB limit for an unfinished request head: the server answers before the rest.
+    head, _, body = _raw(running.url, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 100_000).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error"]["code"] == "invalid_http_request"
+    started = time.monotonic()
+    assert _raw(running.url, b"GET /health HTTP/1.1\r\nHost: x\r\n") == b""   # headers never finished
+    assert time.monotonic() - started < 5
+    assert httpx.get(running.url + "/health").status_code == 200
