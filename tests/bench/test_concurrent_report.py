@@ -1,0 +1,18 @@
+"""The concurrent benchmark's figures: throughput over wall time, percentiles, batched-vs-off ratios."""
+
+from segcache.bench.concurrent_report import ConcurrentRun, Timed, ratios, table
+
+
+def run(system: str, clients: int, wall_s: float, ttft_s: float) -> ConcurrentRun:
+    return ConcurrentRun(system, clients, wall_s, 100 << 20, tuple(Timed(ttft_s, 2 * ttft_s, 32) for _ in range(clients)))
+
+
+def test_throughput_counts_every_output_token_over_the_wall_time():
+    assert run("segcache", 8, 16.0, 1.0).tokens_per_s == 8 * 32 / 16.0
+
+
+def test_ratios_pair_each_client_count_with_the_unbatched_run():
+    runs = [run("segcache", 8, 10.0, 1.0), run("segcache-batching-off", 8, 40.0, 4.0), run("segcache", 16, 10.0, 1.0)]
+    lines = ratios(runs, "segcache", "segcache-batching-off")
+    assert lines == ["- 8 clients: output tok/s 4.00x of `--batching off`; wall 0.25x; TTFT p50 0.25x; latency p50 0.25x"]
+    assert "| segcache | 16 | 16 | 10.0 | 51.2 |" in table(runs)
