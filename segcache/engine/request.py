@@ -33,6 +33,8 @@ class EngineRequest:
     reject_split: bool = False                 # segment_boundary == "reject"
     pin: bool = False                          # warm only
     keep_logits: bool = False                  # return the first-token logits (tests, audits)
+    ttl_seconds: float | None = None           # lifetime of the parts without a segment ttl (head, messages);
+                                               # None: --default-ttl (prompt_cache_retention, cache_control)
 
 
 @dataclass(frozen=True)
