@@ -22,7 +22,7 @@ from segcache.cache.keys import segment_hash
 from segcache.engine.prompt import SegmentText
 from segcache.engine.request import SamplingParams, SegmentInput
 from segcache.server.errors import ApiError
-from segcache.server.protocol import Text
+from segcache.server.protocol import Text, _encodable
 
 HARMLESS_FIELDS = frozenset({"metadata", "user", "store", "service_tier", "safety_identifier", "stream_options",
                              "parallel_tool_calls", "max_tool_calls"})
@@ -100,7 +100,7 @@ def _message(item: dict, param: str) -> dict:
 
 def _text(content, param: str) -> str:
     if isinstance(content, str):
-        return content
+        return _valid(content, param)
     if not isinstance(content, list):
         raise ApiError(400, f"{param} must be a string or a list of text parts", "invalid_request", param)
     texts = []
@@ -113,8 +113,15 @@ def _text(content, param: str) -> str:
         _only(part, _PART_KEYS, where)
         if not isinstance(part.get("text"), str):
             raise ApiError(400, f"{where}.text must be a string", "invalid_request", f"{where}.text")
-        texts.append(part["text"])
+        texts.append(_valid(part["text"], f"{where}.text"))
     return "".join(texts)
+
+
+def _valid(text: str, param: str) -> str:
+    try:
+        return _encodable(text)
+    except ValueError as exc:
+        raise ApiError(400, f"{param}: {exc}", "invalid_request", param) from None
 
 
 def _only(value: dict, allowed: frozenset, param: str) -> None:
