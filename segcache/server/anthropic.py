@@ -195,3 +195,5 @@ async def _events(reply: _Reply) -> AsyncIterator[str]:
         yield sse_data({"type": "message_stop"}, "message_stop")
     except Exception as exc:  # headers are gone: report in-band, as Anthropic does
         yield sse_data(error_body(as_anthropic(_api_error(exc))), "error")
+    finally:
+        await reply.generation.close()

@@ -62,19 +62,23 @@ class Generation:
         return self.run.report
 
     async def deltas(self) -> AsyncIterator[str]:
-        """The reply's text as it is decoded; afterwards `run.finished` holds the final event.
-        Leaving early (a client that went away) closes the engine stream, which cancels decode."""
-        try:
-            async for event in self.events:
-                self.run.observe(event)
-                if isinstance(event, TextDelta):
-                    yield event.text
-        finally:
-            await self.events.aclose()
+        """The reply's text as it is decoded; afterwards `run.finished` holds the final event."""
+        async for event in self.events:
+            self.run.observe(event)
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    async def close(self) -> None:
+        """Stop early (the client went away): closing the engine stream cancels decode. A stream
+        that yields server-sent events calls this in its `finally`."""
+        await self.events.aclose()
 
     async def finish(self) -> Finished:
-        async for _ in self.deltas():
-            pass
+        try:
+            async for _ in self.deltas():
+                pass
+        finally:
+            await self.close()
         assert self.run.finished is not None
         return self.run.finished
 

@@ -110,3 +110,5 @@ async def _events(reply: _Reply) -> AsyncIterator[str]:
     except Exception as exc:  # headers are gone: report in-band
         error = exc if isinstance(exc, ApiError) else ApiError(500, f"internal error: {exc}", "internal_error")
         yield event("error", code=error.code, message=error.message, param=error.param)
+    finally:
+        await reply.generation.close()

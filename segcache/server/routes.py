@@ -102,4 +102,6 @@ async def _sse(generation: Generation, id_: str, model: str, chat: bool, include
     except Exception as exc:  # headers are gone: report in-band, as OpenAI does
         error = exc if isinstance(exc, ApiError) else ApiError(500, f"internal error: {exc}", "internal_error")
         yield sse_data(error.body())
+    finally:
+        await generation.close()
 
