@@ -81,9 +81,11 @@ router = APIRouter(route_class=AnthropicRoute)
 @router.post("/v1/messages")
 async def messages(body: MessagesRequest, request: Request):
     services = services_of(request)
-    prompt = _checked_prompt(services, body, request)
+    tenant, prompt = _checked_prompt(services, body, request)
+    for segment in prompt.segments:  # chat requests may then refer to these blocks by hash alone
+        services.engine.segment_store.put(tenant, segment.text.hash, segment.text.content)
     engine_request = EngineRequest(
-        tenant=_tenant(services, request), kind="chat", segments=prompt.segments, messages=prompt.messages,
+        tenant=tenant, kind="chat", segments=prompt.segments, messages=prompt.messages,
         sampling=body.sampling(), ttl_seconds=prompt.ttl_seconds)
     generation = await open_generation(services, engine_request, {"endpoint": "messages"})
     reply = _Reply(services, body, prompt, generation)
@@ -96,20 +98,18 @@ async def messages(body: MessagesRequest, request: Request):
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request) -> dict:
     services = services_of(request)
-    prompt = _checked_prompt(services, body, request)
+    _, prompt = _checked_prompt(services, body, request)
     built = build_chat_prompt(services.engine.loaded.tokenizer, [s.text for s in prompt.segments],
                               list(prompt.messages))
     return {"input_tokens": len(built.token_ids)}
 
 
-def _checked_prompt(services: Services, body: CountTokensRequest, request: Request) -> AnthropicPrompt:
+def _checked_prompt(services: Services, body: CountTokensRequest, request: Request) -> tuple[str, AnthropicPrompt]:
+    """The tenant and the mapped prompt, or the first error; nothing is stored yet."""
     tenant = _tenant(services, request)
     services.check_model(body.model)
     body.refuse_unsupported()
-    prompt = body.prompt()
-    for segment in prompt.segments:  # chat requests may then refer to these blocks by hash alone
-        services.engine.segment_store.put(tenant, segment.text.hash, segment.text.content)
-    return prompt
+    return tenant, body.prompt()
 
 
 def _tenant(services: Services, request: Request) -> str:

@@ -66,7 +66,8 @@ class _Reply:
             "instructions": self.body.instructions, "max_output_tokens": self.body.max_output_tokens,
             "temperature": self.body.temperature, "top_p": self.body.top_p, "parallel_tool_calls": False,
             "tool_choice": "none", "tools": [], "text": {"format": {"type": "text"}}, "truncation": "disabled",
-            "previous_response_id": None, "store": False, "metadata": (self.body.model_extra or {}).get("metadata") or {},
+            "previous_response_id": None, "store": False,
+            "metadata": (self.body.model_extra or {}).get("metadata") or {},
             "prompt_cache_key": self.hint.key, "prompt_cache_retention": self.hint.retention,
             "timings": self.generation.run.timings()}
 
