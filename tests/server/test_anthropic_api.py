@@ -141,3 +141,15 @@ def test_a_longer_ttl_after_a_shorter_one_is_refused(server):
     assert reply.status_code == 400
     assert reply.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(server.base_url + "/cache").json()["nodes"] == []
+
+
+def test_cached_messages_reply_equals_the_uncached_one(client, app_server, load):
+    """The invariant through this API: a reply read from a warm cache equals one with the cache off."""
+    ask(client, D, system=(A, B), max_tokens=8)
+    warm = ask(client, E, system=(A, B), max_tokens=8)
+    assert warm.usage.cache_read_input_tokens > 0
+    off = app_server(ServeConfig(model="default", cache_bytes=0), load("default", "auto"))
+    cold = ask(anthropic.Anthropic(base_url=off.url, api_key="unused", max_retries=0), E, system=(A, B), max_tokens=8)
+    assert (cold.usage.cache_read_input_tokens, cold.usage.cache_creation_input_tokens) == (0, 0)
+    assert cold.content[0].text == warm.content[0].text
+    assert cold.usage.output_tokens == warm.usage.output_tokens
