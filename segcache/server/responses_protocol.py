@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from segcache.cache.keys import segment_hash
 from segcache.engine.prompt import SegmentText
 from segcache.engine.request import SamplingParams, SegmentInput
 from segcache.server.errors import ApiError
-from segcache.server.protocol import Text, _encodable
+from segcache.server.protocol import Text
 
 HARMLESS_FIELDS = frozenset({"metadata", "user", "store", "service_tier", "safety_identifier", "stream_options",
                              "parallel_tool_calls", "max_tool_calls"})
@@ -38,6 +38,7 @@ _REFUSALS = {
 _ITEM_KEYS = frozenset({"type", "role", "content", "id", "status"})
 _PART_KEYS = frozenset({"type", "text", "annotations", "logprobs"})
 _ROLES = ("user", "assistant", "system", "developer")
+_TEXT = TypeAdapter(Text)     # item texts get the checks a chat message's text gets
 
 
 class ResponsesRequest(BaseModel):
@@ -119,9 +120,9 @@ def _text(content, param: str) -> str:
 
 def _valid(text: str, param: str) -> str:
     try:
-        return _encodable(text)
-    except ValueError as exc:
-        raise ApiError(400, f"{param}: {exc}", "invalid_request", param) from None
+        return _TEXT.validate_python(text)
+    except ValidationError as exc:
+        raise ApiError(400, f"{param}: {exc.errors()[0]['msg']}", "invalid_request", param) from None
 
 
 def _only(value: dict, allowed: frozenset, param: str) -> None:
