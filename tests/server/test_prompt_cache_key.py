@@ -85,5 +85,3 @@ def test_responses_retention_and_key(client, server, trace):
     record = json.loads(trace.read_text().splitlines()[-1])
     assert (record["endpoint"], record["prompt_cache_key"]) == ("responses", "agent-3")
     assert record["segments"][0]["id"] == "instructions"
-
-
