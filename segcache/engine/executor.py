@@ -140,7 +140,7 @@ class Executor:
     def _ttl(self, request: EngineRequest, part: Part) -> float | None:
         if part.segment_index is not None and request.segments[part.segment_index].ttl_seconds is not None:
             return request.segments[part.segment_index].ttl_seconds
-        return self.config.default_ttl
+        return request.ttl_seconds if request.ttl_seconds is not None else self.config.default_ttl
 
     # ---------------------------------------------------------------- reporting
 

@@ -34,6 +34,8 @@ class EngineRequest:
     pin: bool = False                          # warm only
     unpin: bool = False                        # warm only: `pin: false` sent explicitly releases the chain
     keep_logits: bool = False                  # return the first-token logits (tests, audits)
+    ttl_seconds: float | None = None           # lifetime of the parts without a segment ttl (head, messages);
+                                               # None: --default-ttl (prompt_cache_retention, cache_control)
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,12 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     app = FastAPI(title="segcache", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    from segcache.server import cache_routes, routes
+    from segcache.server import anthropic, cache_routes, responses, routes
 
     app.include_router(routes.router)
     app.include_router(cache_routes.router)
+    app.include_router(anthropic.router)
+    app.include_router(responses.router)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     install_openapi(app)
     return app

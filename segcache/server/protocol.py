@@ -108,6 +108,8 @@ class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict] | None = None
+    prompt_cache_key: str | None = None                # a routing hint: see server/prompt_cache.py
+    prompt_cache_retention: str | None = None          # in_memory | 24h (others: 400)
 
     def tools_text(self) -> str | None:
         """Tool schemas become one more block of the system turn, after the segments, in the order given.

@@ -64,10 +64,12 @@ class Services:
         self.metrics.observe_prompt(tenant, report)
 
     def observe_finished(self, request: EngineRequest, report: PromptReport, finished: Finished,
-                         timings: dict) -> None:
+                         timings: dict, trace_fields: dict | None = None) -> None:
+        """`trace_fields` add to or override the trace record (endpoint, prompt_cache_key)."""
         self.metrics.observe_finished(request.tenant, finished, timings)
         if self.trace is not None:
-            self.trace.write(trace_record(self.engine.loaded.model_id, request, report, finished, timings))
+            record = trace_record(self.engine.loaded.model_id, request, report, finished, timings)
+            self.trace.write({**record, **(trace_fields or {})})
 
 
 def services_of(request: Request) -> Services:

@@ -2,7 +2,9 @@
 
 A record, as the server writes it:
 
-    {"time": unix_seconds, "tenant": str, "model": str, "endpoint": "chat.completions" | "completions",
+    {"time": unix_seconds, "tenant": str, "model": str,
+     "endpoint": "chat.completions" | "completions" | "messages" | "responses",
+     "prompt_cache_key": str | null, "prompt_cache_retention": str | null,   (chat.completions and responses only)
      "parts": [{"kind", "role", "id", "hash", "text", "tokens", "cached_tokens"}],
      "input": full rendered prompt, "output": reply text,
      "messages": [{role, content}], "segments": [{id, hash, content}],
