@@ -16,6 +16,7 @@ import torch
 from segcache.cache.keys import ScopeKey
 from segcache.cache.tree import Eviction, MatchResult, Node, PartSpec, SegmentTree
 from segcache.config import ServeConfig
+from segcache.engine.constraint import Constraint, GrammarCompiler
 from segcache.engine.model import LoadedModel
 from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt, build_completion_prompt
 from segcache.engine.request import EngineRequest, Finished, PromptReport, Receipt
@@ -31,14 +32,17 @@ class Executor:
         self.loaded, self.tree, self.tree_lock, self.config = loaded, tree, tree_lock, config
         self.scope_of, self.on_evict = scope_of, on_evict
         self.runner = Runner(loaded, threads=config.threads)
+        self.grammars = GrammarCompiler(loaded.tokenizer, loaded.eos_token_ids, loaded.model.config.vocab_size)
 
     def run(self, request: EngineRequest, emit: Emit, cancelled: Callable[[], bool], queued_at: float) -> None:
         started = time.perf_counter()
         prompt = self.build_prompt(request)
+        # A grammar that cannot be enforced is the client's error: raise it before any work.
+        constraint = self.grammars.compile(request.grammar) if request.grammar is not None else None
         state, report = self._prefill(request, prompt, queue_s=started - queued_at)
         emit(report)
         if request.kind != "warm":
-            emit(self._decode(request, state, emit, cancelled))
+            emit(self._decode(request, state, emit, cancelled, constraint))
         with self.tree_lock:
             self.on_evict(self.tree.evict_to_capacity())
 
@@ -165,10 +169,11 @@ class Executor:
 
     # ---------------------------------------------------------------- decode
 
-    def _decode(self, request: EngineRequest, state: PrefillState, emit: Emit, cancelled: Callable[[], bool]) -> Finished:
+    def _decode(self, request: EngineRequest, state: PrefillState, emit: Emit, cancelled: Callable[[], bool],
+                constraint: Constraint | None = None) -> Finished:
         limit = min(request.sampling.max_tokens, self.loaded.max_context - state.num_tokens)
         decoder = Decoder(request.sampling, self.loaded.tokenizer, self.loaded.eos_token_ids, limit,
-                          keep_logits=request.keep_logits)
+                          keep_logits=request.keep_logits, constraint=constraint)
         logits = state.last_logits
         while not decoder.done:
             for event in decoder.step(logits):

@@ -15,8 +15,11 @@ from segcache.engine.request import EngineRequest, Finished, PromptReport, Segme
 from segcache.server import protocol
 from segcache.server.errors import ApiError
 from segcache.server.protocol import ChatCompletionRequest, CompletionRequest
+from segcache.server.replies import ChatReply, CompletionReply
 from segcache.server.segments import resolve_segments
 from segcache.server.services import Services, services_of
+from segcache.server.tool_protocol import parses_tool_calls, reply_grammar
+from segcache.server.unsupported import check_chat, check_completion
 
 router = APIRouter()
 
@@ -43,14 +46,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    check_chat(body, _vocab_size(services))
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
     if (tools := body.tools_text()) is not None:
         segments += (SegmentInput(SegmentText(tools, "tools", segment_hash(tools))),)
     engine_request = EngineRequest(
         tenant=tenant, kind="chat", messages=body.plain_messages(), segments=segments,
         sampling=body.sampling(services.config.max_tokens_default),
-        reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=True)
+        reject_split=body.segment_boundary == "reject",
+        grammar=reply_grammar(body.tools, body.tool_choice, body.response_format))
+    reply = ChatReply(protocol.new_id("chatcmpl"), services.engine.loaded.model_id,
+                      parses_tool_calls(body.tools, body.tool_choice), body.logprobs)
+    return await _generate(services, engine_request, body, reply)
 
 
 @router.post("/v1/completions")
@@ -58,45 +65,50 @@ async def completions(body: CompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    check_completion(body, _vocab_size(services))
     engine_request = EngineRequest(
         tenant=tenant, kind="completion", prompt=body.prompt_text(),
         segments=resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry),
         sampling=body.sampling(16), reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=False)
+    reply = CompletionReply(protocol.new_id("cmpl"), services.engine.loaded.model_id, body.logprobs is not None,
+                            body.prompt_text() if body.echo else None)
+    return await _generate(services, engine_request, body, reply)
+
+
+def _vocab_size(services: Services) -> int:
+    return services.engine.loaded.model.config.vocab_size
 
 
 # ---------------------------------------------------------------- generation
 
 
-async def _generate(services: Services, engine_request: EngineRequest, body, chat: bool):
+async def _generate(services: Services, engine_request: EngineRequest, body, reply: ChatReply | CompletionReply):
     started = time.perf_counter()
     events = services.engine.stream(engine_request).__aiter__()
     report = await events.__anext__()      # prompt errors surface here, before any byte is sent
     assert isinstance(report, PromptReport)
-    id_ = protocol.new_id("chatcmpl" if chat else "cmpl")
-    model = services.engine.loaded.model_id
     run = _Run(services, engine_request, report, started)
     if body.stream:
-        return StreamingResponse(_sse(run, events, id_, model, chat, body.include_usage),
+        return StreamingResponse(_sse(run, events, reply, body.include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     async for event in events:
         run.observe(event)
-    make = protocol.chat_completion if chat else protocol.text_completion
-    return JSONResponse(make(id_, model, run.finished.text, run.finished.finish_reason, run.usage(), run.timings()))
+    return JSONResponse(reply.body(run.finished, run.usage(), run.timings()))
 
 
-async def _sse(run: "_Run", events: AsyncIterator, id_: str, model: str, chat: bool,
+async def _sse(run: "_Run", events: AsyncIterator, reply: ChatReply | CompletionReply,
                include_usage: bool) -> AsyncIterator[str]:
+    id_, model, chat = reply.id, reply.model, isinstance(reply, ChatReply)
     try:
-        if chat:
-            yield _data(protocol.chat_chunk(id_, model, {"role": "assistant", "content": ""}))
+        for chunk in reply.first_chunks():
+            yield _data(chunk)
         async for event in events:
             run.observe(event)
             if isinstance(event, TextDelta):
-                yield _data(protocol.chat_chunk(id_, model, {"content": event.text}) if chat
-                            else protocol.text_chunk(id_, model, event.text))
-        reason = run.finished.finish_reason
-        yield _data(protocol.chat_chunk(id_, model, {}, reason) if chat else protocol.text_chunk(id_, model, "", reason))
+                for chunk in reply.chunks(event):
+                    yield _data(chunk)
+        for chunk in reply.last_chunks(run.finished):
+            yield _data(chunk)
         if include_usage:
             object_ = "chat.completion.chunk" if chat else "text_completion"
             chunk = protocol.usage_chunk(id_, model, object_, run.usage())
