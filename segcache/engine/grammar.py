@@ -4,6 +4,8 @@ A `Grammar` is plain text (an llguidance Lark grammar) built here without the gr
 requests stay torch- and library-free; engine/constraint.py compiles it against the tokenizer.
 JSON is written in one fixed style (", " and ": ", no other whitespace): a small model cannot loop
 on blank space, and a tool call reads exactly like the calls rendered back into the conversation.
+Objects that list their properties get no others unless the schema asks for them: still valid for
+the schema, and a small model cannot wander off into keys nobody reads until max_tokens cuts it.
 """
 
 from __future__ import annotations
@@ -37,4 +39,17 @@ def tool_call_grammar(specs: list[ToolSpec], param: str) -> Grammar:
 
 
 def _styled(schema: dict) -> str:
-    return json.dumps({**schema, "x-guidance": JSON_STYLE})
+    return json.dumps({**_closed(schema), "x-guidance": JSON_STYLE})
+
+
+def _closed(schema):
+    """The schema with `additionalProperties: false` wherever an object lists properties and says nothing."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed(value) if key not in ("const", "enum", "default", "examples") else value
+              for key, value in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema and "patternProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
