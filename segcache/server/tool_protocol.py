@@ -62,7 +62,9 @@ def reply_grammar(tools: list[Tool] | None, tool_choice: ToolChoice | None,
 
     Raises ValueError (with the field name first) for a choice that names no given tool.
     """
-    if tools and tool_choice == "required":
+    if tool_choice == "required" and not tools:
+        raise ValueError("tool_choice \"required\" needs `tools` to choose from; send tools or drop tool_choice")
+    if tool_choice == "required":
         return tool_call_grammar([t.spec() for t in tools], "tool_choice")
     if isinstance(tool_choice, NamedToolChoice):
         named = [t.spec() for t in tools or [] if t.function.name == tool_choice.function.name]

@@ -45,6 +45,7 @@ BAD_REQUESTS = [
     ("invalid_logit_bias", 400, {"logit_bias": {"not-a-token": 5}}),
     ("invalid_parameter", 400, {"tools": [{"type": "function", "function": {"name": "f"}}],
                                 "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+    ("invalid_parameter", 400, {"tool_choice": "required"}),
     ("invalid_schema", 400, {"response_format": {"type": "json_schema",
                                                  "json_schema": {"name": "x", "schema": {"type": "strin"}}}}),
     ("model_not_found", 404, {"model": "gpt-9"}),
