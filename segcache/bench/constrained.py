@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     figures = {"model": args.model, "dtype": args.dtype, "tokens": args.tokens, "repeats": args.repeats,
                "prompts": args.prompts, "free": free, "schema": schema, "calls": calls}
     print(table(figures))
+    for failure in calls["failures"]:
+        print("invalid call:", json.dumps(failure, ensure_ascii=False)[:400])
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     if str(args.markdown) != "-":
@@ -92,23 +94,38 @@ def decode_rates(http: httpx.Client, model: str, body: dict, args) -> dict:
 
 
 def tool_calls(http: httpx.Client, model: str, num_prompts: int) -> dict:
-    import jsonschema
-
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
     prompts = [ask.format(city=city) for city in CITIES for ask in ASKS][:num_prompts]
-    valid, names = 0, []
+    valid, names, failures = 0, [], []
     for prompt in prompts:
         reply = http.post("/chat/completions", json={
-            "model": model, "max_tokens": 96, "temperature": 0, "tools": TOOLS, "tool_choice": "required",
+            "model": model, "max_tokens": 160, "temperature": 0, "tools": TOOLS, "tool_choice": "required",
             "messages": [{"role": "user", "content": prompt}]}).raise_for_status().json()
-        for call in reply["choices"][0]["message"].get("tool_calls") or []:
-            names.append(call["function"]["name"])
-            try:
-                jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
-                valid += 1
-            except (jsonschema.ValidationError, json.JSONDecodeError):
-                pass
-    return {"valid": valid, "prompts": len(prompts), "by_tool": {n: names.count(n) for n in sorted(set(names))}}
+        choice = reply["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        names += [call["function"]["name"] for call in calls]
+        problem = _problem(calls, schemas)
+        if problem is None:
+            valid += 1
+        else:
+            failures.append({"prompt": prompt, "finish_reason": choice["finish_reason"], "problem": problem,
+                             "content": choice["message"].get("content")})
+    return {"valid": valid, "prompts": len(prompts), "by_tool": {n: names.count(n) for n in sorted(set(names))},
+            "failures": failures}
+
+
+def _problem(calls: list[dict], schemas: dict) -> str | None:
+    """Why a reply does not hold exactly one call with valid arguments (None when it does)."""
+    import jsonschema
+
+    if len(calls) != 1:
+        return f"{len(calls)} calls"
+    function = calls[0]["function"]
+    try:
+        jsonschema.validate(json.loads(function["arguments"]), schemas[function["name"]])
+    except (jsonschema.ValidationError, json.JSONDecodeError) as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 def rows(f: dict) -> list[tuple[str, str, str]]:
