@@ -111,8 +111,10 @@ class ToolCallStream:
         at = self.text.find(OPEN)
         if at >= 0:
             self.holding = True
-            return self._emit(at)
-        return self._emit(len(self.text) - _partial_suffix(self.text, OPEN))
+            return self._emit(len(self.text[:at].rstrip()))
+        # Trailing blank space waits too: before a call it is dropped, as parse_tool_calls drops it.
+        upto = len(self.text) - _partial_suffix(self.text, OPEN)
+        return self._emit(len(self.text[:upto].rstrip()))
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         """The content not yet emitted, and the calls."""

@@ -12,9 +12,11 @@ from segcache.server import protocol
 
 
 class ChatReply:
-    def __init__(self, id_: str, model: str, parse_tools: bool, logprobs: bool):
+    def __init__(self, id_: str, model: str, parse_tools: bool, logprobs: bool, parallel_tool_calls: bool = True):
+        """`parallel_tool_calls=False`: a reply carries at most one call (the first the model wrote)."""
         self.id, self.model, self.logprobs = id_, model, logprobs
         self.tools = ToolCallStream() if parse_tools else None
+        self.max_calls = None if parallel_tool_calls else 1
 
     def first_chunks(self) -> list[dict]:
         return [protocol.chat_chunk(self.id, self.model, {"role": "assistant", "content": ""})]
@@ -27,6 +29,7 @@ class ChatReply:
 
     def last_chunks(self, finished: Finished) -> list[dict]:
         content, calls = self.tools.finish() if self.tools is not None else ("", [])
+        calls = calls[:self.max_calls]
         chunks = [self._chunk({"content": content}, ())] if content else []
         if calls:
             chunks.append(self._chunk({"tool_calls": [dict(_call_json(c), index=i) for i, c in enumerate(calls)]}, ()))
@@ -35,6 +38,7 @@ class ChatReply:
 
     def body(self, finished: Finished, usage: dict, timings: dict) -> dict:
         content, calls = parse_tool_calls(finished.text) if self.tools is not None else (finished.text, [])
+        calls = calls[:self.max_calls]
         body = protocol.chat_completion(self.id, self.model, content, _reason(finished, calls), usage, timings)
         choice = body["choices"][0]
         if calls:

@@ -56,7 +56,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         reject_split=body.segment_boundary == "reject",
         grammar=reply_grammar(body.tools, body.tool_choice, body.response_format))
     reply = ChatReply(protocol.new_id("chatcmpl"), services.engine.loaded.model_id,
-                      parses_tool_calls(body.tools, body.tool_choice), body.logprobs)
+                      parses_tool_calls(body.tools, body.tool_choice), body.logprobs,
+                      parallel_tool_calls=body.parallel_tool_calls is not False)
     return await _generate(services, engine_request, body, reply)
 
 
