@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, hit
+from segcache.bench import agents, apis, concurrent, constrained, hit
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -14,3 +14,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     hit.register(bench_subcommands)     # segcache bench hit
     concurrent.register(bench_subcommands)  # segcache bench concurrent
     apis.register(bench_subcommands)    # segcache bench apis
+    constrained.register(bench_subcommands)   # segcache bench constrained

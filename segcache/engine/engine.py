@@ -180,12 +180,13 @@ class Engine:
     def _admit(self, job: _Job) -> None:
         try:
             prompt = self.executor.build_prompt(job.request)
+            constraint = self.executor.constraint(job.request)
         except Exception as exc:  # delivered to the waiting client, never kills the worker
             job.emit(exc)
             job.emit(_Done())
             return
         self.scheduler.add(Sequence(job.request, prompt, job.emit, self.executor.kv_bytes(job.request, prompt),
-                                    job.queued_at, job.cancelled))
+                                    job.queued_at, job.cancelled, constraint=constraint))
 
     def _prefill(self, sequence: Sequence) -> None:
         try:

@@ -14,6 +14,7 @@ from segcache.cache.tree import MatchResult, Node, PartSpec, PinQuotaError
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import CacheManager
 from segcache.engine.decoding import Decoder
+from segcache.engine.constraint import Constraint, GrammarCompiler
 from segcache.engine.model import LoadedModel
 from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt, build_completion_prompt
 from segcache.engine.request import EngineRequest, PromptReport, Receipt
@@ -26,6 +27,11 @@ class Executor:
     def __init__(self, loaded: LoadedModel, cache: CacheManager, config: ServeConfig, runner: Runner):
         self.loaded, self.cache, self.config, self.runner = loaded, cache, config, runner
         self.bytes_per_token = kv_bytes_per_token(loaded)
+        self.grammars = GrammarCompiler(loaded.tokenizer, loaded.eos_token_ids, loaded.model.config.vocab_size)
+
+    def constraint(self, request: EngineRequest) -> Constraint | None:
+        """The reply's grammar, compiled; one that cannot be enforced is the client's error, raised before any work."""
+        return self.grammars.compile(request.grammar) if request.grammar is not None else None
 
     def build_prompt(self, request: EngineRequest) -> Prompt:
         tokenizer, segments = self.loaded.tokenizer, [s.text for s in request.segments]
@@ -118,7 +124,7 @@ class Executor:
         request, state = sequence.request, sequence.state
         limit = min(request.sampling.max_tokens, self.loaded.max_context - state.num_tokens)
         return Decoder(request.sampling, self.loaded.tokenizer, self.loaded.eos_token_ids, limit,
-                       keep_logits=request.keep_logits)
+                       keep_logits=request.keep_logits, constraint=sequence.constraint)
 
     def _pin_cost(self, prompt: Prompt):
         """The pin bytes a warm with `pin: true` needs, given what matched: checked before anything changes,

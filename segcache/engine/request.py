@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segcache.engine.grammar import Grammar
 from segcache.engine.prompt import SegmentText
 
 
@@ -14,6 +15,11 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0     # subtracted once per earlier occurrence of a token in the reply
+    presence_penalty: float = 0.0      # subtracted once if a token occurred in the reply
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, added to its logit)
+    logprobs: bool = False             # report each chosen token's log-probability
+    top_logprobs: int = 0              # and this many most likely alternatives
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class EngineRequest:
     keep_logits: bool = False                  # return the first-token logits (tests, audits)
     ttl_seconds: float | None = None           # lifetime of the parts without a segment ttl (head, messages);
                                                # None: --default-ttl (prompt_cache_retention, cache_control)
+    grammar: Grammar | None = None             # constrain the reply (JSON schema, tool calls)
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,16 @@ class PromptReport:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()    # the most likely tokens at this step, best first
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()    # of the tokens chosen since the previous delta
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class Finished:
     decode_s: float
     first_logits: object | None = None         # a torch tensor when keep_logits
     token_ids: tuple[int, ...] = field(default=())
+    logprobs: tuple[TokenLogprob, ...] = ()    # one per reported token, when asked for
 
 
 Event = PromptReport | TextDelta | Finished

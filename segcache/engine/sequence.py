@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from segcache.cache.tree import Node, PartSpec
 from segcache.engine.cache_manager import Acquired
+from segcache.engine.constraint import Constraint
 from segcache.engine.decoding import Decoder
 from segcache.engine.prompt import Prompt
 from segcache.engine.request import EngineRequest
@@ -46,6 +47,7 @@ class Sequence:
     prefill: PrefillProgress | None = None
     state: PrefillState | None = None
     decoder: Decoder | None = None
+    constraint: Constraint | None = None   # the reply's grammar (JSON schema, tool calls), if any
 
     @property
     def tenant(self) -> str:

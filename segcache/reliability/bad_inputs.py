@@ -84,7 +84,12 @@ def cases(model: str, context_tokens: int, probe: str, other_tenant: bool) -> li
         chat("five stop sequences", 422, "invalid_request", stop=["a", "b", "c", "d", "e"]),
         chat("unknown segment_boundary policy", 422, "invalid_request", segment_boundary="guess"),
         chat("unknown model", 404, "model_not_found", model="gpt-9"),
-        chat("n=2", 422, "invalid_request", n=2),
+        chat("n=2", 400, "unsupported_parameter", n=2),
+        chat("image_url content part", 400, "unsupported_parameter", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://127.0.0.1/a.png"}}]}]),
+        chat("logit_bias key that is no token id", 400, "invalid_logit_bias", logit_bias={"word": 5}),
+        chat("response_format schema that cannot compile", 400, "invalid_schema", response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}),
         chat("segment ends inside a token, segment_boundary=reject", 400, "segment_boundary_split",
              segment_boundary="reject", segments=[{"id": "cut", "content": "Rules end with a space "},
                                                   {"id": "next", "content": "More rules."}]),

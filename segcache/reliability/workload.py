@@ -134,7 +134,7 @@ class ClientMix:
              Expect((400,), "segment_hash_mismatch")),
             ("unknown_name", {"segments": [{"name": f"missing-{self.rng.randrange(10**6)}"}]},
              Expect((400,), "segment_not_found")),
-            ("n_2", {"n": 2}, Expect((422,), "invalid_request")),
+            ("n_2", {"n": 2}, Expect((400,), "unsupported_parameter")),
             ("unknown_model", {"model": "no-such-model"}, Expect((404,), "model_not_found")),
         ]
         if foreign is not None:  # another tenant's block, by hash only: must be unknown here

@@ -63,13 +63,19 @@ class Generation:
     def report(self) -> PromptReport:
         return self.run.report
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """The reply's text as it is decoded; afterwards `run.finished` holds the final event."""
+    async def text_events(self) -> AsyncIterator[TextDelta]:
+        """The reply's text events (text, and logprobs when asked) as they are decoded; afterwards
+        `run.finished` holds the final event."""
         async for event in self.events:
             self.run.observe(event)
             self.run.services.shutdown.raise_if_overdue()
             if isinstance(event, TextDelta):
-                yield event.text
+                yield event
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """The reply's text as it is decoded."""
+        async for event in self.text_events():
+            yield event.text
 
     async def close(self) -> None:
         """Stop early (the client went away): closing the engine stream cancels decode. A stream

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Annotated, Literal
@@ -10,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from segcache.engine.request import PromptReport, Receipt, SamplingParams
+from segcache.engine.tools import render_tool_call, tools_prompt
+from segcache.server.tool_protocol import ResponseFormat, Tool, ToolChoice
 
 
 def _encodable(text: str) -> str:
@@ -48,9 +49,9 @@ class SegmentRef(BaseModel):
         return self
 
 
-class ContentPart(BaseModel):
-    type: Literal["text"]
-    text: Text
+class ContentPart(_Lenient):
+    type: str                       # only "text" is read; others are refused by server/unsupported.py
+    text: Text | None = None
 
 
 class ChatMessage(_Lenient):
@@ -59,9 +60,10 @@ class ChatMessage(_Lenient):
     tool_calls: list[dict] | None = None
 
     def text(self) -> str:
-        text = "".join(p.text for p in self.content) if isinstance(self.content, list) else (self.content or "")
+        text = "".join(p.text or "" for p in self.content) if isinstance(self.content, list) else (self.content or "")
         if self.tool_calls:   # a reply that called tools comes back with its calls, as the model wrote them
-            calls = "\n".join(_canonical_json(call.get("function", call)) for call in self.tool_calls)
+            calls = "\n".join(render_tool_call(f.get("name", ""), f.get("arguments", ""))
+                              for f in (call.get("function", call) for call in self.tool_calls))
             text = f"{text}\n{calls}" if text else calls
         return text
 
@@ -79,7 +81,10 @@ class _Generation(_Lenient):
     stop: Text | list[Text] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1, description="segcache generates one choice per request")
+    n: int = Field(default=1, ge=1, description="segcache generates one choice per request")
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     segments: list[SegmentRef] = Field(default_factory=list)
     segment_boundary: Literal["reprocess", "reject"] = "reprocess"
 
@@ -93,8 +98,15 @@ class _Generation(_Lenient):
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        logprobs, top_logprobs = self.logprobs_asked()
         return SamplingParams(max_tokens=self.max_tokens_or(default_max_tokens), temperature=self.temperature,
-                              top_p=self.top_p, seed=self.seed, stop=tuple(stops))
+                              top_p=self.top_p, seed=self.seed, stop=tuple(stops),
+                              frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                              logit_bias=tuple((int(k), v) for k, v in (self.logit_bias or {}).items()),
+                              logprobs=logprobs, top_logprobs=top_logprobs)
+
+    def logprobs_asked(self) -> tuple[bool, int]:
+        return False, 0
 
     def max_tokens_or(self, default: int) -> int:
         return self.max_tokens or default
@@ -110,6 +122,12 @@ class ChatCompletionRequest(_Generation):
     tools: list[dict] | None = None
     prompt_cache_key: str | None = None                # a routing hint: see server/prompt_cache.py
     prompt_cache_retention: str | None = None          # in_memory | 24h (others: 400)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None    # a forced call is one call; `auto` replies may hold several
+    response_format: ResponseFormat | None = None
+    logprobs: StrictBool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     def tools_text(self) -> str | None:
         """Tool schemas become one more block of the system turn, after the segments, in the order given.
@@ -119,7 +137,10 @@ class ChatCompletionRequest(_Generation):
         """
         if not self.tools:
             return None
-        return "# Tools\nYou may call these functions:\n" + "\n".join(_canonical_json(t) for t in self.tools)
+        return tools_prompt([t.spec() for t in self.tools])
+
+    def logprobs_asked(self) -> tuple[bool, int]:
+        return self.logprobs, self.top_logprobs or 0
 
     def max_tokens_or(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
@@ -132,6 +153,13 @@ class ChatCompletionRequest(_Generation):
 
 class CompletionRequest(_Generation):
     prompt: Text | list[Text]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: StrictBool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+    def logprobs_asked(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
     @field_validator("prompt")
     @classmethod
@@ -161,10 +189,6 @@ class RegistryPut(BaseModel):
     content: Text
     ttl_seconds: Ttl | None = None
     pin: StrictBool = False
-
-
-def _canonical_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- responses

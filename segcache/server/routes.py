@@ -17,8 +17,11 @@ from segcache.server.generation import Generation, open_generation, sse_data
 from segcache.server.limits import check_prompt_limits
 from segcache.server.prompt_cache import CacheHint, cache_hint
 from segcache.server.protocol import ChatCompletionRequest, CompletionRequest
+from segcache.server.replies import ChatReply, CompletionReply
 from segcache.server.segments import resolve_segments
 from segcache.server.services import Services, services_of
+from segcache.server.tool_protocol import parses_tool_calls, reply_grammar
+from segcache.server.unsupported import check_chat, check_completion
 
 router = APIRouter()
 
@@ -59,6 +62,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    check_chat(body, _vocab_size(services))
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
     if (tools := body.tools_text()) is not None:
         segments += (SegmentInput(SegmentText(tools, "tools", segment_hash(tools))),)
@@ -67,8 +71,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     check_prompt_limits(services.config, segments, [m["content"] for m in messages], len(messages), sampling.stop)
     engine_request = EngineRequest(
         tenant=tenant, kind="chat", messages=messages, segments=segments, sampling=sampling,
-        reject_split=body.segment_boundary == "reject", ttl_seconds=hint.ttl_seconds)
-    return await _generate(services, engine_request, body, chat=True, http=request, hint=hint)
+        reject_split=body.segment_boundary == "reject", ttl_seconds=hint.ttl_seconds,
+        grammar=reply_grammar(body.tools, body.tool_choice, body.response_format))
+    reply = ChatReply(protocol.new_id("chatcmpl"), services.engine.loaded.model_id,
+                      parses_tool_calls(body.tools, body.tool_choice), body.logprobs,
+                      parallel_tool_calls=body.parallel_tool_calls is not False)
+    return await _generate(services, engine_request, body, reply, http=request, hint=hint)
 
 
 @router.post("/v1/completions")
@@ -76,44 +84,48 @@ async def completions(body: CompletionRequest, request: Request):
     services = services_of(request)
     tenant = services.tenant(request)
     services.check_model(body.model)
+    check_completion(body, _vocab_size(services))
     segments = resolve_segments(body.segments, tenant, services.engine.segment_store, services.registry)
     sampling = body.sampling(16)
     check_prompt_limits(services.config, segments, [body.prompt_text()], 0, sampling.stop)
     engine_request = EngineRequest(
         tenant=tenant, kind="completion", prompt=body.prompt_text(), segments=segments,
         sampling=sampling, reject_split=body.segment_boundary == "reject")
-    return await _generate(services, engine_request, body, chat=False, http=request)
+    reply = CompletionReply(protocol.new_id("cmpl"), services.engine.loaded.model_id, body.logprobs is not None,
+                            body.prompt_text() if body.echo else None)
+    return await _generate(services, engine_request, body, reply, http=request)
+
+
+def _vocab_size(services: Services) -> int:
+    return services.engine.loaded.model.config.vocab_size
 
 
 # ---------------------------------------------------------------- generation
 
 
-async def _generate(services: Services, engine_request: EngineRequest, body, chat: bool, http: Request,
-                    hint: CacheHint = CacheHint()):
+async def _generate(services: Services, engine_request: EngineRequest, body, reply: ChatReply | CompletionReply,
+                    http: Request, hint: CacheHint = CacheHint()):
     generation = await open_generation(services, engine_request, hint.trace_fields())
-    id_ = protocol.new_id("chatcmpl" if chat else "cmpl")
-    model = services.engine.loaded.model_id
     if body.stream:
-        return StreamingResponse(_sse(generation, id_, model, chat, body.include_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", **hint.headers()})
+        return StreamingResponse(_sse(generation, reply, body.include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **hint.headers()})
     finished = await generation.finish(http)
     if finished is None:
         return JSONResponse({}, status_code=499)   # nobody is listening; the engine has stopped
-    make = protocol.chat_completion if chat else protocol.text_completion
-    return JSONResponse(make(id_, model, finished.text, finished.finish_reason, generation.run.usage(),
-                             generation.run.timings()), headers=hint.headers())
-
-
-async def _sse(generation: Generation, id_: str, model: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
     run = generation.run
+    return JSONResponse(reply.body(finished, run.usage(), run.timings()), headers=hint.headers())
+
+
+async def _sse(generation: Generation, reply: ChatReply | CompletionReply, include_usage: bool) -> AsyncIterator[str]:
+    run, id_, model, chat = generation.run, reply.id, reply.model, isinstance(reply, ChatReply)
     try:
-        if chat:
-            yield sse_data(protocol.chat_chunk(id_, model, {"role": "assistant", "content": ""}))
-        async for text in generation.deltas():
-            yield sse_data(protocol.chat_chunk(id_, model, {"content": text}) if chat
-                           else protocol.text_chunk(id_, model, text))
-        reason = run.finished.finish_reason
-        yield sse_data(protocol.chat_chunk(id_, model, {}, reason) if chat else protocol.text_chunk(id_, model, "", reason))
+        for chunk in reply.first_chunks():
+            yield sse_data(chunk)
+        async for event in generation.text_events():
+            for chunk in reply.chunks(event):
+                yield sse_data(chunk)
+        for chunk in reply.last_chunks(run.finished):
+            yield sse_data(chunk)
         if include_usage:
             object_ = "chat.completion.chunk" if chat else "text_completion"
             chunk = protocol.usage_chunk(id_, model, object_, run.usage())

@@ -5,14 +5,19 @@ For each request of a sequence, an engine whose cache the sequence keeps filling
 float32 and in bfloat16. And the tokens reported as cached must be exactly those prefill skipped.
 """
 
+import json
+
+import jsonschema
 import pytest
 import torch
 
 from segcache.cache.keys import segment_hash
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
+from segcache.engine.grammar import json_grammar, tool_call_grammar
 from segcache.engine.prompt import SegmentText
 from segcache.engine.request import EngineRequest, Finished, PromptReport, SamplingParams, SegmentInput
+from segcache.engine.tools import ToolSpec, parse_tool_calls, tools_prompt
 
 RULES = "You are a careful engineering assistant. Answer in one short sentence and name the file you would change."
 BACKEND = "Backend agent: you own the HTTP API in server.py and the schema in db.py."
@@ -52,6 +57,7 @@ def run_both(engines, request: EngineRequest) -> tuple[PromptReport, Finished]:
     assert base_report.cached_tokens == 0
     assert finished.token_ids == base.token_ids
     assert torch.equal(finished.first_logits, base.first_logits), "first-token logits differ"
+    assert finished.logprobs == base.logprobs
     assert report.cached_tokens == skipped, "reported cached tokens must be the tokens prefill skipped"
     cached.tree.check()
     return report, finished
@@ -93,3 +99,29 @@ def test_boundary_merge_is_recomputed_not_reused(engines):
     # "compil" + "ing" merge in the first request; before "\n" the segment ends on its own token,
     # so its token ids differ and the engine recomputes the whole part.
     assert (receipt.status, receipt.reason) == ("computed", "boundary")
+
+
+EOS = (2,)     # SmolLM2's <|im_end|>
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "celsius": {"type": "integer"}},
+           "required": ["city", "celsius"], "additionalProperties": False}
+
+
+def test_constrained_penalised_replies_with_logprobs_match_the_uncached_answer(engines):
+    """Grammar masks, penalties, logit_bias and logprobs read only the logits row: the cache cannot change them."""
+    spec = ToolSpec("get_weather", "Current weather for a city", WEATHER)
+    tools = seg(tools_prompt([spec]), "tools")
+    sampling = SamplingParams(max_tokens=48, temperature=0, frequency_penalty=0.8, presence_penalty=0.4,
+                              logit_bias=((28, 3.0),), logprobs=True, top_logprobs=3)
+    stopped = 0
+    for grammar, question in ((json_grammar(WEATHER, "response_format"), "Weather in Paris, as JSON?"),
+                              (tool_call_grammar([spec], "tool_choice"), "And in Rome?")):
+        request = EngineRequest("tenant", "chat", (seg(RULES, "A"), tools), ({"role": "user", "content": question},),
+                                sampling=sampling, keep_logits=True, grammar=grammar)
+        report, finished = run_both(engines, request)
+        assert len(finished.logprobs) == finished.completion_tokens - (finished.token_ids[-1] in EOS)
+        if finished.finish_reason == "stop":      # a reply cut by max_tokens is a valid prefix only
+            stopped += 1
+            text = parse_tool_calls(finished.text)[1][0].arguments if grammar.param == "tool_choice" else finished.text
+            jsonschema.validate(json.loads(text), WEATHER)
+    assert [r.status for r in report.receipts] == ["hit", "hit"]
+    assert stopped
