@@ -67,7 +67,8 @@ def run_noisy(target: Target, config: NoisyConfig, label: str) -> NoisyResult:
     rates = []
     with httpx.Client(base_url=target.url, timeout=600) as http, MetricsPoller(target, 0.2) as poller:
         model = served_model(http, victim)
-        http.post("/v1/cache/warm", headers=headers(victim), json={"model": model, "segments": blocks}).raise_for_status()
+        warmed = http.post("/v1/cache/warm", headers=headers(victim), json={"model": model, "segments": blocks})
+        warmed.raise_for_status()
         for _ in range(config.rounds):
             rates.append(_victim_turn(http, victim, model, blocks, rng))
             for step in range(config.flood_ratio):
