@@ -46,7 +46,7 @@ class Engine:
         # Threads are chosen per forward by its length only (see Runner): a given part always runs on
         # the same count, since the count can change the order of reductions.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
-        self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
+        self.loaded = loaded or load_model(config.model, config.dtype, config.model_id, config.weights)
         self.tree = tree or SegmentTree(config.cache_bytes, clock=time.time)
         self.tree_lock = threading.RLock()
         self.segment_store = SegmentStore(config.segment_store_bytes)
@@ -59,7 +59,7 @@ class Engine:
 
     def scope(self, tenant: str) -> ScopeKey:
         loaded = self.loaded
-        return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
+        return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.numerics_name,
                          loaded.tokenizer_fingerprint)
 
     @property

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from segcache.engine.linear import DenseLinear
+from segcache.engine.weights import ProjectionBuilder
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 # The attention path depends only on a part's length, so a cached and an uncached run, which forward
@@ -37,7 +38,8 @@ class LlamaForward:
                 and rope.get("rope_type", rope.get("type", "default")) == "default"
                 and not (uses_window and window and window < config.max_position_embeddings))
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, projections: ProjectionBuilder | None = None):
+        """`projections` builds each projection in the served weight format (default: dense)."""
         config = model.config
         self.dtype = model.dtype
         self.num_heads = config.num_attention_heads
@@ -47,9 +49,11 @@ class LlamaForward:
         self.scale = self.head_dim ** -0.5
         inner = model.model
         self.embed = inner.embed_tokens.weight
-        self.lm_head = DenseLinear(model.lm_head.weight)
+        build = projections.build if projections is not None else _dense
+        tied = model.lm_head.weight.data_ptr() == self.embed.data_ptr()
+        self.lm_head = build(("token_embd.weight" if tied else "output.weight",), [model.lm_head.weight])
         self.final_norm = inner.norm.weight
-        self.layers = [_Layer(layer) for layer in inner.layers]
+        self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
 
     @property
@@ -114,18 +118,29 @@ class LlamaForward:
 
 
 class _Layer:
-    """One decoder layer's weights, with q/k/v and gate/up fused so each is one matmul."""
+    """One decoder layer's weights, with q/k/v and gate/up fused so each is one matmul.
 
-    def __init__(self, layer: torch.nn.Module):
+    `build(gguf_names, weights, bias)` makes a projection in the served format; the GGUF names let a
+    packed format find the file's own blocks for the same rows (engine/weights.py).
+    """
+
+    def __init__(self, layer: torch.nn.Module, index: int, build=None):
+        build = build or _dense
         attn, mlp = layer.self_attn, layer.mlp
+        blk = f"blk.{index}."
         self.input_norm = layer.input_layernorm.weight
         self.post_norm = layer.post_attention_layernorm.weight
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        self.qkv = DenseLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                               torch.cat(biases) if all(b is not None for b in biases) else None)
-        self.o_proj = DenseLinear(attn.o_proj.weight)
-        self.gate_up = DenseLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.down_proj = DenseLinear(mlp.down_proj.weight)
+        self.qkv = build((blk + "attn_q.weight", blk + "attn_k.weight", blk + "attn_v.weight"),
+                         [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight],
+                         torch.cat(biases) if all(b is not None for b in biases) else None)
+        self.o_proj = build((blk + "attn_output.weight",), [attn.o_proj.weight])
+        self.gate_up = build((blk + "ffn_gate.weight", blk + "ffn_up.weight"), [mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.down_proj = build((blk + "ffn_down.weight",), [mlp.down_proj.weight])
+
+
+def _dense(gguf_names: tuple[str, ...], weights: list[torch.Tensor], bias: torch.Tensor | None = None) -> DenseLinear:
+    return DenseLinear(torch.cat(weights) if len(weights) > 1 else weights[0], bias)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> dict:
     services = services_of(request)
-    return {"status": "ok", "model": services.engine.loaded.model_id,
+    return {"status": "ok", "model": services.engine.loaded.model_id, "weights": services.engine.loaded.weights.format,
             "queue_depth": services.engine.queue_depth, "cache_enabled": services.config.cache_enabled}
 
 
@@ -35,7 +35,7 @@ async def models(request: Request) -> dict:
     loaded = services.engine.loaded
     return {"object": "list", "data": [{
         "id": loaded.model_id, "object": "model", "created": services.started_at, "owned_by": "segcache",
-        "dtype": loaded.dtype_name, "context_length": loaded.max_context}]}
+        "dtype": loaded.dtype_name, "weights": loaded.weights.format, "context_length": loaded.max_context}]}
 
 
 @router.post("/v1/chat/completions")
