@@ -41,7 +41,7 @@ class ServeConfig:
                        choices=DTYPES)
     weights: str = _flag("auto", "weight format of the projections: bf16/float32 dense, int8 (per-channel, "
                          "quantized at load), int4 (a GGUF's own Q4 blocks); auto = int4 where the model file "
-                         "has Q4 blocks, else dense", choices=WEIGHT_FORMATS)
+                         "has Q4 blocks and the dtype is bfloat16, else dense", choices=WEIGHT_FORMATS)
     cache_bytes: int = _flag(2 << 30, "KV cache budget in bytes (e.g. 512MiB); 0 disables caching",
                              parse=parse_bytes)
     default_ttl: float | None = _flag(None, "seconds a cached segment lives when a request sets no ttl_seconds")

@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, hit
+from segcache.bench import agents, hit, weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -12,3 +12,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench_subcommands = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     agents.register(bench_subcommands)  # segcache bench agents
     hit.register(bench_subcommands)     # segcache bench hit
+    weights.register(bench_subcommands)  # segcache bench weights

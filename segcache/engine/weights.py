@@ -5,7 +5,9 @@
     int4             a GGUF's own Q4_0/Q4_1 blocks as they are; a model without them is quantized
                      groupwise at load time
     auto             int4 where the model file carries Q4 blocks (they ARE the model's weights, so
-                     nothing is lost: the dense path dequantizes the same blocks), else the dense dtype
+                     nothing is lost: the dense path dequantizes the same blocks) and the dtype is
+                     bfloat16, else the dense dtype. torch's integer kernels take bfloat16 activations
+                     on a fast path; with float32 ones they are 5-10x slower than dense (measured).
 
 The format changes the KV a prompt produces, so it is part of the cache scope and the weights
 fingerprint (engine/model.py).
@@ -56,10 +58,13 @@ def plan_weights(requested: str, dtype: torch.dtype, gguf_path: Path | None) -> 
     source = gguf_path if gguf_path is not None and _has_q4_blocks(gguf_path) else None
     if requested != "auto":
         return WeightPlan(requested, f"--weights {requested} was asked for", source if requested == "int4" else None)
-    if source is not None:
-        return WeightPlan("int4", f"{source.name} carries Q4 blocks: int4 runs them as they are (the same "
-                          "weights the dense path dequantizes, fewer bytes read per decoded token)", source)
-    return WeightPlan(dense_format(dtype), "the model has no Q4 blocks; int8 would re-quantize it", None)
+    if source is None:
+        return WeightPlan(dense_format(dtype), "the model has no Q4 blocks (int8 would re-quantize it)", None)
+    if dtype != torch.bfloat16:
+        return WeightPlan(dense_format(dtype), "the integer kernels are fast only with bfloat16 activations "
+                          "(float32: 5-10x slower than dense)", None)
+    return WeightPlan("int4", f"{source.name} carries Q4 blocks: int4 runs them as they are (the same "
+                      "weights the dense path dequantizes, fewer bytes read per decoded token)", source)
 
 
 class ProjectionBuilder:

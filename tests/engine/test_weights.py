@@ -85,6 +85,7 @@ def test_groupwise_int4_quantization_stays_within_half_a_step():
 def test_auto_runs_the_gguf_blocks_and_dense_formats_must_agree_with_the_dtype(model_dir, tiny_model_dir):
     assert plan_weights("auto", torch.bfloat16, embedded_gguf_path()).format == "int4"
     assert plan_weights("auto", torch.bfloat16, None).format == "bf16"
+    assert plan_weights("auto", torch.float32, embedded_gguf_path()).format == "float32"
     assert plan_weights("int8", torch.float32, embedded_gguf_path()).gguf_path is None
     with pytest.raises(ValueError, match="--dtype bfloat16"):
         plan_weights("bf16", torch.float32, None)
