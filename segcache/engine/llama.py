@@ -69,10 +69,8 @@ class LlamaForward:
         num_new = ids.shape[0]
         end = start + num_new
         x = F.embedding(ids, self.embed)                                     # (T, C)
-        cos, sin = self.cos[start:end], self.sin[start:end]                   # (T, D)
-        mask = None
-        if num_new > 1:
-            mask = torch.arange(end).unsqueeze(0) <= torch.arange(start, end).unsqueeze(1)   # (T, end)
+        cos, sin = self.cos[start:end, None], self.sin[start:end, None]       # (T, 1, D)
+        mask = self._mask(start, num_new)         # built once per forward, not once per layer
         for index, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
             q, k, v = self._qkv(layer, h, cos, sin)                          # (H, T, D), (Hkv, T, D) x2
@@ -82,9 +80,24 @@ class LlamaForward:
             x = x + layer.o_proj(attn.transpose(0, 1).reshape(num_new, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down_proj(F.silu(gate) * up)
+            x = x + layer.down_proj(F.silu(gate).mul_(up))
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
+
+    def _mask(self, start: int, num_new: int) -> torch.Tensor | None:
+        """What the attention of a forward of `num_new` tokens at `start` masks, in the form its path uses:
+
+        FLASH_MIN_TOKENS or more: an additive bias (T, S), 0 where a query may look, -inf where not
+        fewer (and more than one): a boolean `blocked` (G*T, S) for the grouped rows of _attend
+        Either way a query at position start+i sees keys 0..start+i (S = start + T).
+        """
+        if num_new == 1:
+            return None
+        end = start + num_new
+        blocked = torch.arange(end).unsqueeze(0) > torch.arange(start, end).unsqueeze(1)   # (T, S)
+        if num_new >= FLASH_MIN_TOKENS:
+            return torch.zeros(blocked.shape, dtype=self.dtype).masked_fill_(blocked, float("-inf"))
+        return blocked.repeat(self.num_heads // self.num_kv_heads, 1)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Grouped-query attention. Parts of FLASH_MIN_TOKENS or more use the library's fused kernel;
@@ -95,14 +108,13 @@ class LlamaForward:
         """
         num_heads, num_new, head_dim = q.shape
         if num_new >= FLASH_MIN_TOKENS:   # long parts: the library's fused CPU kernel wins
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
             return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                                  attn_mask=bias[None, None], enable_gqa=True)[0]
+                                                  attn_mask=mask[None, None], enable_gqa=True)[0]
         groups = num_heads // self.num_kv_heads
         grouped = q.reshape(self.num_kv_heads, groups * num_new, head_dim)
-        scores = torch.matmul(grouped, k.transpose(1, 2)).float() * self.scale          # (H_kv, G*T, S)
+        scores = torch.matmul(grouped, k.transpose(1, 2)).float().mul_(self.scale)      # (H_kv, G*T, S)
         if mask is not None:
-            scores = scores.masked_fill(~mask.repeat(groups, 1), float("-inf"))
+            scores.masked_fill_(mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         return torch.matmul(probs, v).reshape(num_heads, num_new, head_dim)
 
@@ -111,10 +123,12 @@ class LlamaForward:
         qkv = layer.qkv(h)
         q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
                              self.num_kv_heads * self.head_dim], dim=-1)
-        q = q.view(num_new, self.num_heads, self.head_dim).transpose(0, 1)
-        k = k.view(num_new, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        # Rotate in (T, heads, D), where each row is contiguous, and only then view as (heads, T, D):
+        # the same arithmetic, without strided elementwise loops (2x faster at 2,000 tokens).
+        q = _rotate(q.view(num_new, self.num_heads, self.head_dim), cos, sin).transpose(0, 1)
+        k = _rotate(k.view(num_new, self.num_kv_heads, self.head_dim), cos, sin).transpose(0, 1)
         v = v.view(num_new, self.num_kv_heads, self.head_dim).transpose(0, 1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        return q, k, v
 
 
 class _Layer:
@@ -144,9 +158,10 @@ def _dense(gguf_names: tuple[str, ...], weights: list[torch.Tensor], bias: torch
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # In float32, as the reference implementation does, then back to the model dtype.
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    # In float32, as the reference implementation does, then back to the model dtype. In place where
+    # the reference allocates: the same values, fewer passes over (T, C).
+    x32 = x.to(torch.float32, copy=True)     # a copy even when x is float32: it is changed in place
+    x32.mul_(torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps)))
     return weight * x32.to(x.dtype)
 
 
