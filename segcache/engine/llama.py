@@ -60,6 +60,14 @@ class LlamaForward:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def projections(self):
+        """(name, linear) for every projection: what a start-up check of batch invariance walks
+        (engine/linear.py `is_row_invariant`)."""
+        for index, layer in enumerate(self.layers):
+            for name in ("qkv", "o_proj", "gate_up", "down_proj"):
+                yield f"layers.{index}.{name}", getattr(layer, name)
+        yield "lm_head", self.lm_head
+
     def new_cache(self, capacity: int) -> torch.Tensor:
         return torch.empty((self.num_layers, 2, self.num_kv_heads, capacity, self.head_dim), dtype=self.dtype)
 
