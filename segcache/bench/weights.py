@@ -70,12 +70,14 @@ def summarize(result: dict, reference: dict) -> dict:
 def table(rows: list[dict]) -> str:
     bf16 = next(r for r in rows if r["format"] == "bf16")
     head = ("| format | decode tok/s (x bf16) | " + " | ".join(f"prefill {n} tok/s (x bf16)" for n in PREFILL_LENGTHS)
-            + f" | identical first {ANSWER_TOKENS} tokens | mean agreeing tokens | mean KL vs float32 | peak RSS (MiB) |")
+            + f" | identical first {ANSWER_TOKENS} tokens | mean agreeing tokens | mean KL vs float32"
+            + " | peak RSS (MiB) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        prefill = " | ".join(f"{r['prefill_tok_s'][n]:.0f} ({r['prefill_tok_s'][n] / bf16['prefill_tok_s'][n]:.2f}x)"
-                             for n in PREFILL_LENGTHS)
-        lines.append(f"| {r['dtype']}/{r['format']} | {r['decode_tok_s']:.1f} ({r['decode_tok_s'] / bf16['decode_tok_s']:.2f}x)"
+        speeds, base = r["prefill_tok_s"], bf16["prefill_tok_s"]
+        prefill = " | ".join(f"{speeds[n]:.0f} ({speeds[n] / base[n]:.2f}x)" for n in PREFILL_LENGTHS)
+        decode = f"{r['decode_tok_s']:.1f} ({r['decode_tok_s'] / bf16['decode_tok_s']:.2f}x)"
+        lines.append(f"| {r['dtype']}/{r['format']} | {decode}"
                      f" | {prefill} | {r['identical_answers']}/{r['num_prompts']} | {r['mean_agreeing_tokens']:.1f}"
                      f" | {r['mean_kl']:.5f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)

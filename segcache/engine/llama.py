@@ -157,7 +157,8 @@ class _Layer:
                          [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight],
                          torch.cat(biases) if all(b is not None for b in biases) else None)
         self.o_proj = build((blk + "attn_output.weight",), [attn.o_proj.weight])
-        self.gate_up = build((blk + "ffn_gate.weight", blk + "ffn_up.weight"), [mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.gate_up = build((blk + "ffn_gate.weight", blk + "ffn_up.weight"),
+                             [mlp.gate_proj.weight, mlp.up_proj.weight])
         self.down_proj = build((blk + "ffn_down.weight",), [mlp.down_proj.weight])
 
 

@@ -34,7 +34,7 @@ class LoadedModel:
     tokenizer: object             # a transformers tokenizer with offset mapping and a chat template
     model_id: str                 # the name clients send as `model`
     dtype: torch.dtype
-    weights_fingerprint: str      # sha256 over the weight files and the weight format: a new one means a new cache scope
+    weights_fingerprint: str      # sha256 over the weight files and format: a new one means a new cache scope
     tokenizer_fingerprint: str    # sha256 over vocabulary, special tokens and chat template
     max_context: int              # the model's context length in tokens
     eos_token_ids: tuple[int, ...]

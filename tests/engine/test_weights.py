@@ -98,8 +98,8 @@ def test_auto_runs_the_gguf_blocks_and_dense_formats_must_agree_with_the_dtype(m
 def test_the_weight_format_is_part_of_the_cache_scope(load, tiny_model_dir):
     from segcache.engine.engine import Engine
 
-    engines = [Engine(ServeConfig(model="tiny", dtype="float32", weights=weights), loaded=load("tiny", "float32", weights))
-               for weights in ("float32", "int8", "int4")]
+    engines = [Engine(ServeConfig(model="tiny", dtype="float32", weights=w), loaded=load("tiny", "float32", w))
+               for w in ("float32", "int8", "int4")]
     try:
         assert len({engine.scope("t") for engine in engines}) == 3
         assert len({engine.loaded.weights_fingerprint for engine in engines}) == 3
