@@ -21,9 +21,6 @@ from segcache.engine.linear import DenseLinear
 from segcache.engine.weights import ProjectionBuilder
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
-# The attention path depends only on a part's length, so a cached and an uncached run, which forward
-# the same parts, always take the same path: the choice cannot break bit-identity.
-FLASH_MIN_TOKENS = 64
 
 
 class LlamaForward:
@@ -46,7 +43,6 @@ class LlamaForward:
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.eps = config.rms_norm_eps
-        self.scale = self.head_dim ** -0.5
         inner = model.model
         self.embed = inner.embed_tokens.weight
         build = projections.build if projections is not None else _dense
@@ -78,13 +74,13 @@ class LlamaForward:
         end = start + num_new
         x = F.embedding(ids, self.embed)                                     # (T, C)
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]       # (T, 1, D)
-        mask = self._mask(start, num_new)         # built once per forward, not once per layer
+        bias = self._mask(start, num_new)         # built once per forward, not once per layer
         for index, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
             q, k, v = self._qkv(layer, h, cos, sin)                          # (H, T, D), (Hkv, T, D) x2
             cache[index, 0, :, start:end] = k
             cache[index, 1, :, start:end] = v
-            attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], mask)   # (H, T, D)
+            attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], bias)   # (H, T, D)
             x = x + layer.o_proj(attn.transpose(0, 1).reshape(num_new, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
@@ -93,38 +89,28 @@ class LlamaForward:
         return self.lm_head(x)[0]
 
     def _mask(self, start: int, num_new: int) -> torch.Tensor | None:
-        """What the attention of a forward of `num_new` tokens at `start` masks, in the form its path uses:
-
-        FLASH_MIN_TOKENS or more: an additive bias (T, S), 0 where a query may look, -inf where not
-        fewer (and more than one): a boolean `blocked` (G*T, S) for the grouped rows of _attend
-        Either way a query at position start+i sees keys 0..start+i (S = start + T).
-        """
+        """The additive attention bias of a forward of `num_new` tokens at `start`: (T, S), 0 where a
+        query may look, -inf where not; a query at start+i sees keys 0..start+i (S = start + T).
+        One token sees every key: no bias."""
         if num_new == 1:
             return None
         end = start + num_new
         blocked = torch.arange(end).unsqueeze(0) > torch.arange(start, end).unsqueeze(1)   # (T, S)
-        if num_new >= FLASH_MIN_TOKENS:
-            return torch.zeros(blocked.shape, dtype=self.dtype).masked_fill_(blocked, float("-inf"))
-        return blocked.repeat(self.num_heads // self.num_kv_heads, 1)
+        return torch.zeros(blocked.shape, dtype=self.dtype).masked_fill_(blocked, float("-inf"))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Grouped-query attention. Parts of FLASH_MIN_TOKENS or more use the library's fused kernel;
-        shorter ones (decode, small messages) avoid its slow CPU path for a few queries this way:
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Grouped-query attention through the library's fused CPU kernel, at every length:
+        q (H, T, D), k and v (H_kv, S, D) -> (H, T, D).
 
-        Query heads g*G..g*G+G-1 share KV head g, so the G heads' rows are stacked against one KV head:
-            q (H, T, D) -> (H_kv, G*T, D);  scores (H_kv, G*T, S);  out (H_kv, G*T, D) -> (H, T, D)
+        Measured here (torch 2.13, bfloat16, one thread), it beats a hand-written grouped matmul +
+        softmax at every length, most where it matters: a decode step over 2,100 keys 1.9 ms vs 6.0 ms
+        per layer, a 60-token turn after 2,000 tokens 23 ms vs 84 ms. (The bfloat16 batched matmul of
+        a few query rows takes a slow path; the fused kernel does not.)
         """
-        num_heads, num_new, head_dim = q.shape
-        if num_new >= FLASH_MIN_TOKENS:   # long parts: the library's fused CPU kernel wins
-            return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                                  attn_mask=mask[None, None], enable_gqa=True)[0]
-        groups = num_heads // self.num_kv_heads
-        grouped = q.reshape(self.num_kv_heads, groups * num_new, head_dim)
-        scores = torch.matmul(grouped, k.transpose(1, 2)).float().mul_(self.scale)      # (H_kv, G*T, S)
-        if mask is not None:
-            scores.masked_fill_(mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        return torch.matmul(probs, v).reshape(num_heads, num_new, head_dim)
+        return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                              attn_mask=None if bias is None else bias[None, None],
+                                              enable_gqa=True)[0]
 
     def _qkv(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         num_new = h.shape[0]
