@@ -11,6 +11,7 @@ from typing import Any
 _BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
                "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
 DTYPES = ("auto", "float32", "bfloat16")
+WEIGHT_FORMATS = ("auto", "bf16", "float32", "int8", "int4")   # engine/weights.py explains each
 BOUNDARY_POLICIES = ("reprocess", "reject")
 BATCHING_MODES = ("auto", "on", "off")
 
@@ -50,6 +51,9 @@ class ServeConfig:
     model_id: str | None = _flag(None, "name clients use in 'model' (default: derived from --model)")
     dtype: str = _flag("auto", "weights and KV dtype; auto = bfloat16 where the CPU has native bf16",
                        choices=DTYPES)
+    weights: str = _flag("auto", "weight format of the projections: bf16/float32 dense, int8 (per-channel, "
+                         "quantized at load), int4 (a GGUF's own Q4 blocks); auto = int4 where the model file "
+                         "has Q4 blocks and the dtype is bfloat16, else dense", choices=WEIGHT_FORMATS)
     cache_bytes: int = _flag(2 << 30, "KV cache budget in bytes (e.g. 512MiB); 0 disables caching",
                              parse=parse_bytes)
     default_ttl: float | None = _flag(None, "seconds a cached segment lives when a request sets no ttl_seconds")
@@ -92,6 +96,12 @@ class ServeConfig:
             raise ValueError(f"--port must be 1..65535, got {self.port}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {self.weights!r}")
+        dense = {"bf16": "bfloat16", "float32": "float32"}.get(self.weights)
+        if dense and self.dtype not in ("auto", dense):
+            raise ValueError(f"--weights {self.weights} runs in {dense}: drop --dtype {self.dtype} or pick "
+                             "another --weights")
         for name in ("cache_bytes", "pin_bytes_per_tenant", "segment_store_bytes", "max_tokens_default",
                      "max_registry_bytes", "timeout_keep_alive", "header_timeout", "shutdown_grace"):
             if getattr(self, name) < 0:

@@ -49,15 +49,15 @@ def tiny_model_dir(model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def load():
-    """load(spec, dtype) -> LoadedModel, each combination loaded once per session."""
+    """load(spec, dtype, weights) -> LoadedModel, each combination loaded once per session."""
     from segcache.engine.model import load_model
 
-    loaded: dict[tuple[str, str], object] = {}
+    loaded: dict[tuple[str, str, str], object] = {}
 
-    def get(spec: str = "default", dtype: str = "float32"):
-        if (spec, dtype) not in loaded:
-            loaded[(spec, dtype)] = load_model(spec, dtype)
-        return loaded[(spec, dtype)]
+    def get(spec: str = "default", dtype: str = "float32", weights: str = "auto"):
+        if (spec, dtype, weights) not in loaded:
+            loaded[(spec, dtype, weights)] = load_model(spec, dtype, weights=weights)
+        return loaded[(spec, dtype, weights)]
 
     return get
 

@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, constrained, hit
+from segcache.bench import agents, apis, concurrent, constrained, hit, weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,3 +15,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     concurrent.register(bench_subcommands)  # segcache bench concurrent
     apis.register(bench_subcommands)    # segcache bench apis
     constrained.register(bench_subcommands)   # segcache bench constrained
+    weights.register(bench_subcommands)  # segcache bench weights

@@ -57,7 +57,10 @@ def part_key(kind: str, role: str, text: str) -> PartKey:
 
 def scope_key(tenant: str, model_id: str, weights_fingerprint: str, dtype: str,
               tokenizer_fingerprint: str) -> ScopeKey:
-    """Key of a cache scope: KV is reusable only between requests that agree on all five fields."""
+    """Key of a cache scope: KV is reusable only between requests that agree on all five fields.
+
+    `dtype` names all the numerics that shape the KV: the compute dtype and the weight format
+    (e.g. 'bfloat16/int4')."""
     return ScopeKey(_digest(b"segcache.scope.v1", tenant, model_id, weights_fingerprint, dtype,
                             tokenizer_fingerprint))
 

@@ -66,14 +66,14 @@ class Engine:
         # Threads are chosen per forward by its shape only (see Runner): a given part always runs on
         # the same count, since the count can change the order of reductions.
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
-        self.loaded = loaded or load_model(config.model, config.dtype, config.model_id)
+        self.loaded = loaded or load_model(config.model, config.dtype, config.model_id, config.weights)
         self._tenants_by_scope: dict[ScopeKey, str] = {}
         self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config)),
                                   self.scope, config.cache_enabled)
         self.segment_store = SegmentStore(config.segment_store_bytes)
         runner = Runner(self.loaded, threads=torch.get_num_threads())
         self.batching: BatchingVerdict = decide_batching(
-            config.batching, runner.lean.projections() if runner.can_batch else None, self.loaded.dtype,
+            config.batching, _distinct_projections(runner.lean) if runner.can_batch else None, self.loaded.dtype,
             config.max_batch)
         self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads()), runner)
         self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
@@ -250,7 +250,15 @@ class Engine:
         sequence.emit(_Done())
 
 
+def _distinct_projections(forward) -> list:
+    """One projection of each kind (every layer has the same shapes and kernels), and the output head:
+    what the start-up batch-invariance check runs."""
+    return [(name, linear) for name, linear in forward.projections()
+            if name.startswith("layers.0.") or not name.startswith("layers.")]
+
+
 def model_scope(loaded: LoadedModel, tenant: str) -> ScopeKey:
-    """A tenant's cache scope under this model: new weights, dtype or tokenizer mean a new scope."""
-    return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.dtype_name,
+    """A tenant's cache scope under this model: new weights, weight format, dtype or
+    tokenizer mean a new scope."""
+    return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.numerics_name,
                      loaded.tokenizer_fingerprint)

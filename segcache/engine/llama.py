@@ -18,11 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from segcache.engine.linear import DenseLinear
+from segcache.engine.weights import ProjectionBuilder
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
-# The attention path depends only on a part's length, so a cached and an uncached run, which forward
-# the same parts, always take the same path: the choice cannot break bit-identity.
-FLASH_MIN_TOKENS = 64
 
 
 class LlamaForward:
@@ -37,30 +35,34 @@ class LlamaForward:
                 and rope.get("rope_type", rope.get("type", "default")) == "default"
                 and not (uses_window and window and window < config.max_position_embeddings))
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, projections: ProjectionBuilder | None = None):
+        """`projections` builds each projection in the served weight format (default: dense)."""
         config = model.config
         self.dtype = model.dtype
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.eps = config.rms_norm_eps
-        self.scale = self.head_dim ** -0.5
         inner = model.model
         self.embed = inner.embed_tokens.weight
-        self.lm_head = DenseLinear(model.lm_head.weight)
+        build = projections.build if projections is not None else _dense
+        tied = model.lm_head.weight.data_ptr() == self.embed.data_ptr()
+        self.lm_head = build(("token_embd.weight" if tied else "output.weight",), [model.lm_head.weight])
         self.final_norm = inner.norm.weight
-        self.layers = [_Layer(layer) for layer in inner.layers]
+        self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def projections(self) -> list[tuple[str, object]]:
-        """(name, linear) of every distinct projection shape a decode step runs (the batch-invariance check)."""
-        first = self.layers[0]
-        return [("qkv", first.qkv), ("o_proj", first.o_proj), ("gate_up", first.gate_up),
-                ("down_proj", first.down_proj), ("lm_head", self.lm_head)]
+    def projections(self):
+        """(name, linear) for every projection: what a start-up check of batch invariance walks
+        (engine/linear.py `is_row_invariant`)."""
+        for index, layer in enumerate(self.layers):
+            for name in ("qkv", "o_proj", "gate_up", "down_proj"):
+                yield f"layers.{index}.{name}", getattr(layer, name)
+        yield "lm_head", self.lm_head
 
     def new_cache(self, capacity: int) -> torch.Tensor:
         return torch.empty((self.num_layers, 2, self.num_kv_heads, capacity, self.head_dim), dtype=self.dtype)
@@ -71,20 +73,18 @@ class LlamaForward:
         num_new = ids.shape[0]
         end = start + num_new
         x = F.embedding(ids, self.embed)                                     # (T, C)
-        cos, sin = self.cos[start:end], self.sin[start:end]                   # (T, D)
-        mask = None
-        if num_new > 1:
-            mask = torch.arange(end).unsqueeze(0) <= torch.arange(start, end).unsqueeze(1)   # (T, end)
+        cos, sin = self.cos[start:end, None], self.sin[start:end, None]       # (T, 1, D)
+        bias = self._mask(start, num_new)         # built once per forward, not once per layer
         for index, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
             q, k, v = self._qkv(layer, h, cos, sin)                          # (H, T, D), (Hkv, T, D) x2
             cache[index, 0, :, start:end] = k
             cache[index, 1, :, start:end] = v
-            attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], mask)   # (H, T, D)
+            attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], bias)   # (H, T, D)
             x = x + layer.o_proj(attn.transpose(0, 1).reshape(num_new, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down_proj(F.silu(gate) * up)
+            x = x + layer.down_proj(F.silu(gate).mul_(up))
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
 
@@ -115,7 +115,7 @@ class LlamaForward:
             x = x + layer.o_proj(torch.stack(rows).reshape(num_seqs, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down_proj(F.silu(gate) * up)
+            x = x + layer.down_proj(F.silu(gate).mul_(up))
         return self.lm_head(_rms_norm(x, self.final_norm, self.eps))         # (B, V)
 
     def _qkv_rows(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -128,56 +128,75 @@ class LlamaForward:
         v = v.view(num_seqs, self.num_kv_heads, self.head_dim)
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Grouped-query attention. Parts of FLASH_MIN_TOKENS or more use the library's fused kernel;
-        shorter ones (decode, small messages) avoid its slow CPU path for a few queries this way:
+    def _mask(self, start: int, num_new: int) -> torch.Tensor | None:
+        """The additive attention bias of a forward of `num_new` tokens at `start`: (T, S), 0 where a
+        query may look, -inf where not; a query at start+i sees keys 0..start+i (S = start + T).
+        One token sees every key: no bias."""
+        if num_new == 1:
+            return None
+        end = start + num_new
+        blocked = torch.arange(end).unsqueeze(0) > torch.arange(start, end).unsqueeze(1)   # (T, S)
+        return torch.zeros(blocked.shape, dtype=self.dtype).masked_fill_(blocked, float("-inf"))
 
-        Query heads g*G..g*G+G-1 share KV head g, so the G heads' rows are stacked against one KV head:
-            q (H, T, D) -> (H_kv, G*T, D);  scores (H_kv, G*T, S);  out (H_kv, G*T, D) -> (H, T, D)
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Grouped-query attention through the library's fused CPU kernel, at every length:
+        q (H, T, D), k and v (H_kv, S, D) -> (H, T, D).
+
+        Measured here (torch 2.13, bfloat16, one thread), it beats a hand-written grouped matmul +
+        softmax at every length, most where it matters: a decode step over 2,100 keys 1.9 ms vs 6.0 ms
+        per layer, a 60-token turn after 2,000 tokens 23 ms vs 84 ms. (The bfloat16 batched matmul of
+        a few query rows takes a slow path; the fused kernel does not.)
         """
-        num_heads, num_new, head_dim = q.shape
-        if num_new >= FLASH_MIN_TOKENS:   # long parts: the library's fused CPU kernel wins
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
-            return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                                  attn_mask=bias[None, None], enable_gqa=True)[0]
-        groups = num_heads // self.num_kv_heads
-        grouped = q.reshape(self.num_kv_heads, groups * num_new, head_dim)
-        scores = torch.matmul(grouped, k.transpose(1, 2)).float() * self.scale          # (H_kv, G*T, S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask.repeat(groups, 1), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        return torch.matmul(probs, v).reshape(num_heads, num_new, head_dim)
+        return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                              attn_mask=None if bias is None else bias[None, None],
+                                              enable_gqa=True)[0]
 
     def _qkv(self, layer: "_Layer", h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         num_new = h.shape[0]
         qkv = layer.qkv(h)
         q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
                              self.num_kv_heads * self.head_dim], dim=-1)
-        q = q.view(num_new, self.num_heads, self.head_dim).transpose(0, 1)
-        k = k.view(num_new, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        # Rotate in (T, heads, D), where each row is contiguous, and only then view as (heads, T, D):
+        # the same arithmetic, without strided elementwise loops (2x faster at 2,000 tokens).
+        q = _rotate(q.view(num_new, self.num_heads, self.head_dim), cos, sin).transpose(0, 1)
+        k = _rotate(k.view(num_new, self.num_kv_heads, self.head_dim), cos, sin).transpose(0, 1)
         v = v.view(num_new, self.num_kv_heads, self.head_dim).transpose(0, 1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        return q, k, v
 
 
 class _Layer:
-    """One decoder layer's weights, with q/k/v and gate/up fused so each is one matmul."""
+    """One decoder layer's weights, with q/k/v and gate/up fused so each is one matmul.
 
-    def __init__(self, layer: torch.nn.Module):
+    `build(gguf_names, weights, bias)` makes a projection in the served format; the GGUF names let a
+    packed format find the file's own blocks for the same rows (engine/weights.py).
+    """
+
+    def __init__(self, layer: torch.nn.Module, index: int, build=None):
+        build = build or _dense
         attn, mlp = layer.self_attn, layer.mlp
+        blk = f"blk.{index}."
         self.input_norm = layer.input_layernorm.weight
         self.post_norm = layer.post_attention_layernorm.weight
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        self.qkv = DenseLinear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                               torch.cat(biases) if all(b is not None for b in biases) else None)
-        self.o_proj = DenseLinear(attn.o_proj.weight)
-        self.gate_up = DenseLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.down_proj = DenseLinear(mlp.down_proj.weight)
+        self.qkv = build((blk + "attn_q.weight", blk + "attn_k.weight", blk + "attn_v.weight"),
+                         [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight],
+                         torch.cat(biases) if all(b is not None for b in biases) else None)
+        self.o_proj = build((blk + "attn_output.weight",), [attn.o_proj.weight])
+        self.gate_up = build((blk + "ffn_gate.weight", blk + "ffn_up.weight"),
+                             [mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.down_proj = build((blk + "ffn_down.weight",), [mlp.down_proj.weight])
+
+
+def _dense(gguf_names: tuple[str, ...], weights: list[torch.Tensor], bias: torch.Tensor | None = None) -> DenseLinear:
+    return DenseLinear(torch.cat(weights) if len(weights) > 1 else weights[0], bias)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # In float32, as the reference implementation does, then back to the model dtype.
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    # In float32, as the reference implementation does, then back to the model dtype. In place where
+    # the reference allocates: the same values, fewer passes over (T, C).
+    x32 = x.to(torch.float32, copy=True)     # a copy even when x is float32: it is changed in place
+    x32.mul_(torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps)))
     return weight * x32.to(x.dtype)
 
 

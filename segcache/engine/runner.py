@@ -13,6 +13,7 @@ Llama-family models run on segcache's own lean forward over one preallocated buf
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ from transformers.cache_utils import DynamicCache
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 from segcache.engine.units import prefill_units
+from segcache.engine.weights import ProjectionBuilder
 
+log = logging.getLogger("segcache.runner")
 
 SMALL_FORWARD_TOKENS = 64
 
@@ -45,10 +48,21 @@ class Runner:
         self.threads = threads or os.cpu_count() or 1
         self.loaded = loaded
         self.model = loaded.model
-        self.lean = LlamaForward(loaded.model) if lean and LlamaForward.supports(loaded.model) else None
+        self.lean = self._lean_forward(loaded) if lean and LlamaForward.supports(loaded.model) else None
+        if self.lean is None and loaded.weights.quantized:
+            raise ValueError(f"--weights {loaded.weights.format} needs a Llama-family model (the lean forward); "
+                             "serve this model with --weights auto")
         self.num_prefill_tokens = 0      # tokens actually run through the model in prefill (for audits and tests)
         self.num_decode_tokens = 0
         self.num_decode_forwards = 0     # decode forwards run; fewer than decode tokens when steps were batched
+
+    @staticmethod
+    def _lean_forward(loaded: LoadedModel) -> LlamaForward:
+        projections = ProjectionBuilder(loaded.weights, loaded.dtype)
+        forward = LlamaForward(loaded.model, projections)
+        if loaded.weights.quantized:
+            log.warning("segcache: weights %s: %s", loaded.weights.format, projections.summary())
+        return forward
 
     # ---------------------------------------------------------------- prefill
 

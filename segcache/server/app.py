@@ -69,8 +69,9 @@ def _announce(services: Services) -> None:
     tenancy = (f"{len(services.keys.tenants)} tenants, {len(services.keys.keys)} API keys"
                if services.keys.multi_tenant else "single tenant: no API keys configured, any key accepted")
     cache = f"cache {config.cache_bytes} bytes" if config.cache_enabled else "cache off (--cache-bytes 0)"
-    log.warning("segcache: model %s (%s, context %d), %s, %s", loaded.model_id, loaded.dtype_name,
-                loaded.max_context, cache, tenancy)
+    log.warning("segcache: model %s (%s, weights %s, context %d), %s, %s", loaded.model_id, loaded.dtype_name,
+                loaded.weights.format, loaded.max_context, cache, tenancy)
+    log.warning("segcache: weights %s because %s", loaded.weights.format, loaded.weights.reason)
     verdict = services.engine.batching
     log.warning("segcache: batching %s, up to %d running requests (%s)", "on" if verdict.batched else "off",
                 config.max_batch, verdict.reason)

@@ -36,14 +36,15 @@ async def health(request: Request) -> dict:
                 "max_batch": services.config.max_batch}
     if services.is_admin(request) or not services.keys.multi_tenant:   # one tenant: it may see everything
         figures = services.figures()
-        return {"status": "ok", "model": engine.loaded.model_id, "cache_enabled": services.config.cache_enabled,
+        return {"status": "ok", "model": engine.loaded.model_id, "weights": engine.loaded.weights.format,
+                "cache_enabled": services.config.cache_enabled,
                 "queue_depth": figures.queue_depth, "cache_bytes": figures.cache_bytes,
                 "capacity_bytes": figures.capacity_bytes, "batching": batching,
                 "tenants": [asdict(t) for t in figures.tenants]}
     if not request.headers.get("authorization"):
         return {"status": "ok"}
     tenant = services.tenant(request)
-    return {"status": "ok", "model": engine.loaded.model_id, "tenant": tenant, "queued": engine.queued(tenant),
+    return {"status": "ok", "model": engine.loaded.model_id, "weights": engine.loaded.weights.format, "tenant": tenant, "queued": engine.queued(tenant),
             "batching": batching}
 
 
@@ -54,7 +55,7 @@ async def models(request: Request) -> dict:
     loaded = services.engine.loaded
     return {"object": "list", "data": [{
         "id": loaded.model_id, "object": "model", "created": services.started_at, "owned_by": "segcache",
-        "dtype": loaded.dtype_name, "context_length": loaded.max_context}]}
+        "dtype": loaded.dtype_name, "weights": loaded.weights.format, "context_length": loaded.max_context}]}
 
 
 @router.post("/v1/chat/completions")

@@ -2,7 +2,8 @@
 
 For each request of a sequence, an engine whose cache the sequence keeps filling and an engine with
 `--cache-bytes 0` must produce identical greedy token ids and identical first-token logits, in
-float32 and in bfloat16. And the tokens reported as cached must be exactly those prefill skipped.
+float32 and in bfloat16, and in every weight format (dense, int8, int4: short parts and decode run
+the integer kernels, longer parts the dense weights). And the tokens reported as cached must be exactly those prefill skipped.
 """
 
 import json
@@ -38,11 +39,18 @@ def completion(segments, prompt, max_tokens=6) -> EngineRequest:
                          sampling=SamplingParams(max_tokens=max_tokens, temperature=0), keep_logits=True)
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+# float32 activations take the integer kernels' slow path (minutes per test): their row invariance is
+# checked in test_weights.py; auto never picks them.
+NUMERICS = [("float32", "float32"), ("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4")]
+
+
+@pytest.fixture(scope="module", params=NUMERICS, ids=["/".join(n) for n in NUMERICS])
 def engines(request, load):
-    loaded = load("default", request.param)
-    cached = Engine(ServeConfig(model="default", dtype=request.param, cache_bytes=1 << 30), loaded=loaded)
-    uncached = Engine(ServeConfig(model="default", dtype=request.param, cache_bytes=0), loaded=loaded)
+    dtype, weights = request.param
+    loaded = load("default", dtype, weights)
+    assert loaded.weights.format == weights
+    cached = Engine(ServeConfig(model="default", dtype=dtype, weights=weights, cache_bytes=1 << 30), loaded=loaded)
+    uncached = Engine(ServeConfig(model="default", dtype=dtype, weights=weights, cache_bytes=0), loaded=loaded)
     yield cached, uncached
     cached.close()
     uncached.close()

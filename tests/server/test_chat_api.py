@@ -128,7 +128,10 @@ def test_models_and_health(client, server):
     import httpx
 
     assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct"]
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok"
+    weights = server.engine.loaded.weights.format   # int4 on a bfloat16 CPU (auto), else float32
+    assert health["weights"] == weights == client.models.list().data[0].to_dict()["weights"]
 
 
 def test_tools_are_rendered_and_cached_like_a_segment(client):

@@ -1,0 +1,109 @@
+"""The weight format: which one serves (`--weights`), and building each projection in it.
+
+    bf16 | float32   dense weights in that dtype (the dtype of the whole forward)
+    int8             per-output-channel int8, quantized at load time from the dense weights
+    int4             a GGUF's own Q4_0/Q4_1 blocks as they are; a model without them is quantized
+                     groupwise at load time
+    auto             int4 where the model file carries Q4 blocks (they ARE the model's weights, so
+                     nothing is lost: the dense path dequantizes the same blocks) and the dtype is
+                     bfloat16, else the dense dtype. torch's integer kernels take bfloat16 activations
+                     on a fast path; with float32 ones they are 5-10x slower than dense (measured).
+
+The format changes the KV a prompt produces, so it is part of the cache scope and the weights
+fingerprint (engine/model.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from segcache.config import WEIGHT_FORMATS
+from segcache.engine.gguf_blocks import INT4_TYPES, GgufBlocks
+from segcache.engine.linear import DenseLinear, Int4Linear, Int8Linear
+from segcache.engine.quant import INT4_GROUP, concat_int4, quantize_int4, quantize_int8
+
+DENSE_FORMATS = {"bf16": torch.bfloat16, "float32": torch.float32}
+
+log = logging.getLogger("segcache.weights")
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    format: str                 # bf16 | float32 | int8 | int4 (never auto)
+    reason: str                 # why this format, for the start-up log
+    gguf_path: Path | None      # the file whose raw blocks int4 runs, when there is one
+
+    @property
+    def quantized(self) -> bool:
+        return self.format not in DENSE_FORMATS
+
+
+def dense_format(dtype: torch.dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "float32"
+
+
+def plan_weights(requested: str, dtype: torch.dtype, gguf_path: Path | None) -> WeightPlan:
+    if requested not in WEIGHT_FORMATS:
+        raise ValueError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {requested!r}")
+    if requested in DENSE_FORMATS:
+        if DENSE_FORMATS[requested] != dtype:
+            raise ValueError(f"--weights {requested} needs --dtype {str(DENSE_FORMATS[requested])[6:]} "
+                             "(or --dtype auto)")
+        return WeightPlan(requested, f"--weights {requested} was asked for", None)
+    source = gguf_path if gguf_path is not None and _has_q4_blocks(gguf_path) else None
+    if requested != "auto":
+        return WeightPlan(requested, f"--weights {requested} was asked for", source if requested == "int4" else None)
+    if source is None:
+        return WeightPlan(dense_format(dtype), "the model has no Q4 blocks (int8 would re-quantize it)", None)
+    if dtype != torch.bfloat16:
+        return WeightPlan(dense_format(dtype), "the integer kernels are fast only with bfloat16 activations "
+                          "(float32: 5-10x slower than dense)", None)
+    return WeightPlan("int4", f"{source.name} carries Q4 blocks: int4 runs them as they are (the same "
+                      "weights the dense path dequantizes, fewer bytes read per decoded token)", source)
+
+
+class ProjectionBuilder:
+    """Makes each projection of the lean forward in the planned format; notes what it did for the log."""
+
+    def __init__(self, plan: WeightPlan, dtype: torch.dtype):
+        self.plan, self.dtype = plan, dtype
+        self.gguf = GgufBlocks(plan.gguf_path) if plan.format == "int4" and plan.gguf_path else None
+        self.notes: Counter[str] = Counter()
+
+    def build(self, gguf_names: tuple[str, ...], weights: list[torch.Tensor], bias: torch.Tensor | None = None):
+        """One projection from its parts (fused parts stack along the output dimension)."""
+        dense = DenseLinear(torch.cat(weights) if len(weights) > 1 else weights[0], bias)
+        if self.plan.format == "int8":
+            self.notes["quantized to int8 per output channel"] += len(weights)
+            return Int8Linear(quantize_int8(dense.weight, self.dtype), dense)
+        if self.plan.format != "int4":
+            return dense
+        if self.gguf is not None:
+            return self._from_gguf(gguf_names, dense)
+        if dense.in_features % INT4_GROUP:
+            self.notes[f"input size not divisible by {INT4_GROUP}: int8 instead"] += len(weights)
+            return Int8Linear(quantize_int8(dense.weight, self.dtype), dense)
+        self.notes["quantized to int4 (groups of 32) at load"] += len(weights)
+        return Int4Linear(quantize_int4(dense.weight), dense)
+
+    def summary(self) -> str:
+        return "; ".join(f"{count} tensors {what}" for what, count in sorted(self.notes.items())) or "dense"
+
+    def _from_gguf(self, gguf_names: tuple[str, ...], dense: DenseLinear):
+        kinds = [self.gguf.type_name(name) for name in gguf_names]
+        if all(kind in INT4_TYPES for kind in kinds):
+            self.notes[f"run as their GGUF {'/'.join(sorted(set(kinds)))} blocks"] += len(kinds)
+            return Int4Linear(concat_int4([self.gguf.int4(name) for name in gguf_names]), dense)
+        self.notes[f"{'/'.join(map(str, kinds))} ({', '.join(gguf_names)}): dequantized, then int8 per "
+                   "output channel"] += len(kinds)
+        return Int8Linear(quantize_int8(dense.weight, self.dtype), dense)
+
+
+def _has_q4_blocks(path: Path) -> bool:
+    blocks = GgufBlocks(path)
+    return blocks.architecture == "llama" and blocks.type_name("blk.0.ffn_down.weight") in INT4_TYPES
