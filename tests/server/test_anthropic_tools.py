@@ -51,8 +51,8 @@ def client(server):
     return anthropic.Anthropic(base_url=server[0], api_key="unused", max_retries=0)
 
 
-def create(client, **fields):
-    return client.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, tools=TOOLS, **fields)
+def create(client, max_tokens=60, **fields):
+    return client.messages.create(model=MODEL, max_tokens=max_tokens, extra_body=GREEDY, tools=TOOLS, **fields)
 
 
 def only_call(message):
