@@ -106,58 +106,72 @@ class _Reply:
                 "segments": [protocol.receipt_json(r) for r in report.receipts]}
 
 
-async def _events(reply: _Reply) -> AsyncIterator[str]:
-    """The Responses event sequence: the text message (opened at once without tools, with its first
-    text with them), then each function call; `error` if the engine fails midway."""
-    sequence = iter(range(1 << 62))
+class _Events:
+    """The Responses events of one reply: the text message (opened at once without tools, with its
+    first text with them), then each function call; numbered by `sequence_number`."""
 
-    def event(type_: str, **fields) -> str:
-        return sse_data({"type": type_, "sequence_number": next(sequence), **fields}, type_)
+    def __init__(self, reply: _Reply):
+        self.reply, self.calls = reply, CallEvents(reply.tools)
+        self.sequence = iter(range(1 << 62))
+        self.where = {"item_id": reply.item_id, "output_index": 0}
+        self.opened, self.streamed = False, ""
 
-    where = {"item_id": reply.item_id, "output_index": 0}
-    calls = CallEvents(reply.tools)
-    opened = False
+    def event(self, type_: str, **fields) -> str:
+        return sse_data({"type": type_, "sequence_number": next(self.sequence), **fields}, type_)
 
-    def open_message() -> list[str]:
-        nonlocal opened
-        if opened:
+    def start(self) -> list[str]:
+        return self._open() if self.calls.stream is None else []
+
+    def text(self, delta: str) -> list[str]:
+        return self._emit(self.calls.text(delta))
+
+    def _emit(self, text: str) -> list[str]:
+        self.streamed += text
+        return [*self._open(), self.event("response.output_text.delta", **self.where, content_index=0, delta=text,
+                                          logprobs=[])] if text else []
+
+    def finish(self, finished: Finished) -> list[str]:
+        reply = self.reply
+        rest, found = self.calls.finish()
+        lines = self._emit(rest)
+        reply.settle(self.streamed, found) if reply.tools.parses_calls else reply.settle(finished.text, [])
+        if self.opened or not found:
+            lines += [*self._open(),
+                      self.event("response.output_text.done", **self.where, content_index=0, text=reply.content,
+                                 logprobs=[]),
+                      self.event("response.content_part.done", **self.where, content_index=0,
+                                 part=reply.part(reply.content)),
+                      self.event("response.output_item.done", output_index=0,
+                                 item=reply.item(reply.content, "completed"))]
+        return lines + list(CallEvents.events(self.event, reply.calls, 1 if self.opened else 0))
+
+    def _open(self) -> list[str]:
+        if self.opened:
             return []
-        opened = True
-        return [event("response.output_item.added", output_index=0, item=reply.item("", "in_progress")),
-                event("response.content_part.added", **where, content_index=0, part=reply.part(""))]
+        self.opened = True
+        return [self.event("response.output_item.added", output_index=0, item=self.reply.item("", "in_progress")),
+                self.event("response.content_part.added", **self.where, content_index=0, part=self.reply.part(""))]
 
-    def text_events(text: str) -> list[str]:
-        return [*open_message(), event("response.output_text.delta", **where, content_index=0, delta=text,
-                                       logprobs=[])] if text else []
 
+async def _events(reply: _Reply) -> AsyncIterator[str]:
+    """The Responses event sequence (see _Events); `error` if the engine fails midway."""
+    events = _Events(reply)
     try:
-        yield event("response.created", response=reply.response(None))
-        yield event("response.in_progress", response=reply.response(None))
-        for line in open_message() if calls.stream is None else ():
+        yield events.event("response.created", response=reply.response(None))
+        yield events.event("response.in_progress", response=reply.response(None))
+        for line in events.start():
             yield line
-        streamed = ""
         async for delta in reply.generation.deltas():
-            text = calls.text(delta)
-            streamed += text
-            for line in text_events(text):
+            for line in events.text(delta):
                 yield line
         finished = reply.generation.run.finished
-        rest, found = calls.finish() if calls.stream is not None else ("", [])
-        for line in text_events(rest):
-            yield line
-        reply.settle(streamed + rest, found) if reply.tools.parses_calls else reply.settle(finished.text, [])
-        if opened or not found:
-            for line in open_message():
-                yield line
-            yield event("response.output_text.done", **where, content_index=0, text=reply.content, logprobs=[])
-            yield event("response.content_part.done", **where, content_index=0, part=reply.part(reply.content))
-            yield event("response.output_item.done", output_index=0, item=reply.item(reply.content, "completed"))
-        for line in CallEvents.events(event, reply.calls, 1 if opened else 0):
+        for line in events.finish(finished):
             yield line
         final = reply.response(finished)
-        yield event("response.incomplete" if final["status"] == "incomplete" else "response.completed", response=final)
+        yield events.event("response.incomplete" if final["status"] == "incomplete" else "response.completed",
+                           response=final)
     except Exception as exc:  # headers are gone: report in-band
         error = exc if isinstance(exc, ApiError) else ApiError(500, f"internal error: {exc}", "internal_error")
-        yield event("error", code=error.code, message=error.message, param=error.param)
+        yield events.event("error", code=error.code, message=error.message, param=error.param)
     finally:
         await reply.generation.close()
