@@ -186,7 +186,8 @@ def _created_tokens(report: PromptReport, breakpoint: Breakpoint | None) -> int:
 
 async def _events(reply: _Reply) -> AsyncIterator[str]:
     """message_start, content_block_start, ping, content_block_delta..., content_block_stop (then
-    one start/input_json_delta/stop per tool_use block), message_delta (stop reason, usage), message_stop; an `error` event if the engine fails midway."""
+    one start/input_json_delta/stop per tool_use block), message_delta (stop reason, usage),
+    message_stop; an `error` event if the engine fails midway."""
     start = reply.message("", None)
     start["usage"]["output_tokens"] = 0
     try:

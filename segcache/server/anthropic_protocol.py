@@ -199,7 +199,8 @@ def _result_text(result: ToolResultBlock, param: str) -> str:
     if isinstance(result.content, str):
         text = result.content
     else:
-        text = SEGMENT_SEPARATOR.join(_text_block(b, f"{param}.content[{i}]").text for i, b in enumerate(result.content))
+        blocks = [_text_block(b, f"{param}.content[{i}]") for i, b in enumerate(result.content)]
+        text = SEGMENT_SEPARATOR.join(b.text for b in blocks)
     return f"Error: {text}" if result.is_error else text
 
 
