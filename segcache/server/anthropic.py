@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from segcache.engine.prompt import PromptError, build_chat_prompt
 from segcache.engine.request import EngineRequest, Finished, PromptReport
 from segcache.server import protocol
+from segcache.server.anthropic_tools import BlockStream, ToolUse, content_blocks
 from segcache.server.anthropic_protocol import AnthropicPrompt, Breakpoint, CountTokensRequest, MessagesRequest
 from segcache.server.errors import ApiError, validation_error
 from segcache.server.limits import check_prompt_limits
@@ -83,13 +84,14 @@ router = APIRouter(route_class=AnthropicRoute)
 async def messages(body: MessagesRequest, request: Request):
     services = services_of(request)
     tenant, prompt = _checked_prompt(services, body, request)
+    tool_use = body.tool_use()
     engine_request = EngineRequest(
         tenant=tenant, kind="chat", segments=prompt.segments, messages=prompt.messages,
-        sampling=body.sampling(), ttl_seconds=prompt.ttl_seconds)
+        sampling=body.sampling(), ttl_seconds=prompt.ttl_seconds, grammar=tool_use.grammar())
     check_prompt_limits(services.config, engine_request.segments, [str(m["content"]) for m in engine_request.messages],
                         len(engine_request.messages), engine_request.sampling.stop)
     generation = await open_generation(services, engine_request, {"endpoint": "messages"})
-    reply = _Reply(services, body, prompt, generation)
+    reply = _Reply(services, body, prompt, generation, tool_use)
     if body.stream:
         return StreamingResponse(_events(reply), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     finished = await generation.finish(request)
@@ -132,15 +134,18 @@ def _tenant(services: Services, request: Request) -> str:
 class _Reply:
     """One reply in Anthropic's terms: message JSON, usage fields, stop reason, stream events."""
 
-    def __init__(self, services: Services, body: MessagesRequest, prompt: AnthropicPrompt, generation: Generation):
+    def __init__(self, services: Services, body: MessagesRequest, prompt: AnthropicPrompt, generation: Generation,
+                 tool_use: ToolUse):
         self.services, self.body, self.prompt, self.generation = services, body, prompt, generation
+        self.tool_use = tool_use
         self.id = protocol.new_id("msg").replace("-", "_")
         self.model = services.engine.loaded.model_id
 
     def message(self, text: str, finished: Finished | None) -> dict:
-        stop_reason, stop_sequence = self.stop(finished) if finished else (None, None)
+        content, calls = self.tool_use.split(text)
+        stop_reason, stop_sequence = self.stop(finished, calls) if finished else (None, None)
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                "content": [{"type": "text", "text": text}] if text else [],
+                "content": content_blocks(content, calls),
                 "stop_reason": stop_reason, "stop_sequence": stop_sequence,
                 "usage": self.usage(finished.completion_tokens if finished else 0),
                 "timings": self.generation.run.timings()}
@@ -153,7 +158,9 @@ class _Reply:
                 "cache_read_input_tokens": read, "output_tokens": output_tokens,
                 "segments": [protocol.receipt_json(r) for r in report.receipts]}
 
-    def stop(self, finished: Finished) -> tuple[str, str | None]:
+    def stop(self, finished: Finished, calls: list) -> tuple[str, str | None]:
+        if calls:
+            return "tool_use", None
         if finished.finish_reason == "length":
             return "max_tokens", None
         loaded = self.services.engine.loaded
@@ -178,21 +185,24 @@ def _created_tokens(report: PromptReport, breakpoint: Breakpoint | None) -> int:
 
 
 async def _events(reply: _Reply) -> AsyncIterator[str]:
-    """message_start, content_block_start, ping, content_block_delta..., content_block_stop,
-    message_delta (stop reason, usage), message_stop; an `error` event if the engine fails midway."""
+    """message_start, content_block_start, ping, content_block_delta..., content_block_stop (then
+    one start/input_json_delta/stop per tool_use block), message_delta (stop reason, usage),
+    message_stop; an `error` event if the engine fails midway."""
     start = reply.message("", None)
     start["usage"]["output_tokens"] = 0
     try:
         yield sse_data({"type": "message_start", "message": start}, "message_start")
-        yield sse_data({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                       "content_block_start")
+        blocks = BlockStream(reply.tool_use)
+        for event in blocks.start():
+            yield event
         yield sse_data({"type": "ping"}, "ping")
         async for text in reply.generation.deltas():
-            yield sse_data({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
-                           "content_block_delta")
-        yield sse_data({"type": "content_block_stop", "index": 0}, "content_block_stop")
+            for event in blocks.text(text):
+                yield event
+        for event in blocks.finish():
+            yield event
         finished = reply.generation.run.finished
-        stop_reason, stop_sequence = reply.stop(finished)
+        stop_reason, stop_sequence = reply.stop(finished, blocks.calls)
         yield sse_data({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                         "usage": reply.usage(finished.completion_tokens)}, "message_delta")
         yield sse_data({"type": "message_stop"}, "message_stop")

@@ -15,20 +15,26 @@ Blocks are joined by a blank line, the same separator that joins segments, so wh
 fall never changes the rendered text nor its token ids: only what can be reused. A system block
 list with no breakpoint is the plain system message. A segment lives for its breakpoint's TTL;
 the other parts (template markup, messages) for the first breakpoint's TTL, the longest, since
-Anthropic requires longer TTLs before shorter ones. `tools`, `tool_use` and `tool_result` are
-refused until tool calls land; any other field that would change the reply is refused too.
+Anthropic requires longer TTLs before shorter ones. `tools` are one segment before the system
+blocks (the chat path's tools block), ended by a breakpoint on any tool; `tool_use` and `tool_result`
+blocks render as chat's tool calls and tool messages (see anthropic_tools.py). Any other field that
+would change the reply is refused.
 """
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from segcache.cache.keys import segment_hash
 from segcache.engine.prompt import SEGMENT_SEPARATOR, SegmentText
+from segcache.engine.tools import render_tool_call, tools_prompt
 from segcache.engine.request import SamplingParams, SegmentInput
+from segcache.server.anthropic_tools import ToolResultBlock, ToolUse, ToolUseBlock, validated
 from segcache.server.errors import ApiError
 from segcache.server.protocol import Text
 
@@ -73,16 +79,16 @@ class CountTokensRequest(BaseModel):
 
     def refuse_unsupported(self) -> None:
         """A 400 for every field we would otherwise ignore although it changes the reply."""
-        if self.tools or self.tool_choice not in (None, {"type": "auto"}, {"type": "none"}):
-            _unsupported("tools" if self.tools else "tool_choice", "tool use is not supported on this server yet; "
-                         "send the request without `tools` and `tool_choice`")
         if self.thinking not in (None, {"type": "disabled"}):
             _unsupported("thinking", "extended thinking is not supported by this server's model")
         for name in sorted(set(self.model_extra or {}) - HARMLESS_FIELDS):
             _unsupported(name, f"`{name}` is not supported by this server; leave it out")
 
+    def tool_use(self) -> ToolUse:
+        return ToolUse(self.tools, self.tool_choice)
+
     def prompt(self) -> AnthropicPrompt:
-        return _map_prompt(self)
+        return _map_prompt(self, self.tool_use())
 
 
 class MessagesRequest(CountTokensRequest):
@@ -124,15 +130,20 @@ class AnthropicPrompt:
 # ---------------------------------------------------------------- mapping
 
 
-def _map_prompt(body: CountTokensRequest) -> AnthropicPrompt:
+def _map_prompt(body: CountTokensRequest, tool_use: ToolUse) -> AnthropicPrompt:
     system = _blocks(body.system, "system") if body.system is not None else []
     segments, rest, ttls = _system_segments(system)
+    ended = bool(segments)                  # every system segment ends at a breakpoint
+    tools, tools_ttl = _tools_segment(body, tool_use)
+    if tools is not None:
+        segments.insert(0, tools)
+        ttls[:0] = [tools_ttl] if tools_ttl is not None else []
+        ended = ended or tools_ttl is not None
+    last = Breakpoint("segment", len(segments) - 1) if ended else None
     messages = [{"role": "system", "content": SEGMENT_SEPARATOR.join(b.text for b in rest)}] if rest else []
-    last = Breakpoint("segment", len(segments) - 1) if segments else None
     for i, message in enumerate(body.messages):
-        blocks = _blocks(message.content, f"messages[{i}].content")
-        messages.append({"role": message.role, "content": SEGMENT_SEPARATOR.join(b.text for b in blocks)})
-        marks = [b.cache_control for b in blocks if b.cache_control is not None]
+        turns, marks = _turns(message, f"messages[{i}].content")
+        messages += turns
         if i == len(body.messages) - 1 and body.cache_control is not None:
             marks.append(body.cache_control)
         if marks:
@@ -140,6 +151,61 @@ def _map_prompt(body: CountTokensRequest) -> AnthropicPrompt:
             ttls += [m.seconds for m in marks]
     _check_ttl_order(ttls)
     return AnthropicPrompt(tuple(segments), tuple(messages), ttls[0] if ttls else None, last)
+
+
+def _tools_segment(body: CountTokensRequest, tool_use: ToolUse) -> tuple[SegmentInput | None, float | None]:
+    """The chat path's tools block, as one segment; a breakpoint on any tool (usually the last) ends it."""
+    if not tool_use.tools:
+        return None, None
+    marks = [validated(CacheControl, t.cache_control, f"tools[{i}].cache_control")
+             for i, t in enumerate(tool_use.tools) if t.cache_control is not None]
+    ttl = marks[-1].seconds if marks else None
+    text = tools_prompt([t.spec() for t in tool_use.chat_tools])
+    return SegmentInput(SegmentText(text, "tools", segment_hash(text)), ttl), ttl
+
+
+def _turns(message: MessageParam, param: str) -> tuple[list[dict], list[CacheControl]]:
+    """One Anthropic message as chat messages: text (+ tool calls) in its role; each tool_result a `tool` message."""
+    if isinstance(message.content, str):
+        return [{"role": message.role, "content": message.content}], []
+    turns, texts, calls, marks = [], [], [], []
+    for i, block in enumerate(message.content):
+        where = f"{param}[{i}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_use" and message.role == "assistant":
+            use = validated(ToolUseBlock, block, where)
+            calls.append(render_tool_call(use.name, json.dumps(use.input, ensure_ascii=False)))
+            marks += _mark(use.cache_control, where)
+        elif kind == "tool_result" and message.role == "user":
+            result = validated(ToolResultBlock, block, where)
+            if texts:
+                turns.append({"role": "user", "content": SEGMENT_SEPARATOR.join(texts)})
+                texts = []
+            turns.append({"role": "tool", "content": _result_text(result, where)})
+            marks += _mark(result.cache_control, where)
+        else:
+            text = _text_block(block, where)
+            texts.append(text.text)
+            marks += [text.cache_control] if text.cache_control is not None else []
+    content = SEGMENT_SEPARATOR.join(texts)
+    if calls:   # as chat renders an assistant message with tool_calls
+        content = "\n".join([content, *calls]) if content else "\n".join(calls)
+    if content or not turns:
+        turns.append({"role": message.role, "content": content})
+    return turns, marks
+
+
+def _result_text(result: ToolResultBlock, param: str) -> str:
+    if isinstance(result.content, str):
+        text = result.content
+    else:
+        blocks = [_text_block(b, f"{param}.content[{i}]") for i, b in enumerate(result.content)]
+        text = SEGMENT_SEPARATOR.join(b.text for b in blocks)
+    return f"Error: {text}" if result.is_error else text
+
+
+def _mark(cache_control: dict | None, param: str) -> list[CacheControl]:
+    return [validated(CacheControl, cache_control, f"{param}.cache_control")] if cache_control is not None else []
 
 
 def _system_segments(blocks: list[TextBlock]) -> tuple[list[SegmentInput], list[TextBlock], list[float]]:
@@ -165,16 +231,12 @@ def _blocks(content: str | list[dict], param: str) -> list[TextBlock]:
 def _text_block(block: dict, param: str) -> TextBlock:
     kind = block.get("type") if isinstance(block, dict) else None
     if kind in ("tool_use", "tool_result"):
-        _unsupported(param, f"{param}: `{kind}` blocks are not supported on this server yet (tool use is "
-                     "coming); send text blocks only")
+        owner = "assistant" if kind == "tool_use" else "user"
+        raise ApiError(400, f"{param}: `{kind}` blocks belong in {owner} messages", "invalid_request", param)
     if kind != "text":
-        _unsupported(param, f"{param}: blocks of type {kind!r} are not supported; send text blocks only")
-    try:
-        return TextBlock.model_validate(block)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join([param, *map(str, first["loc"])])
-        raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where) from None
+        _unsupported(param, f"{param}: blocks of type {kind!r} are not supported; send text, tool_use and "
+                     "tool_result blocks")
+    return validated(TextBlock, block, param)
 
 
 def _check_ttl_order(ttls: list[float]) -> None:

@@ -8,8 +8,10 @@
 So agents that share `instructions` (and a shared developer block after it) share those parts
 with each other and with chat requests that send the same blocks as `segments`; the rendered text
 is what one system message holding the blocks (joined by a blank line) would render.
-`previous_response_id`, tools and every other field that would change the reply are refused with
-a 400 `unsupported_parameter`; fields that change nothing (metadata, store, user, ...) are accepted.
+Function tools, function_call and function_call_output items: see responses_tools.py (the tools
+block is one more segment after these, as on chat completions). `previous_response_id`, other tool
+types and every other field that would change the reply are refused with a 400
+`unsupported_parameter`; fields that change nothing (metadata, store, user, ...) are accepted.
 """
 
 from __future__ import annotations
@@ -21,19 +23,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from segcache.cache.keys import segment_hash
 from segcache.engine.prompt import SegmentText
 from segcache.engine.request import SamplingParams, SegmentInput
+from segcache.engine.tools import tools_prompt
 from segcache.server.errors import ApiError
+from segcache.server.responses_tools import FunctionTools, add_tool_item
 from segcache.server.protocol import Text
 
 HARMLESS_FIELDS = frozenset({"metadata", "user", "store", "service_tier", "safety_identifier", "stream_options",
-                             "parallel_tool_calls", "max_tool_calls"})
+                             "max_tool_calls"})
 # Fields accepted only with the value that means "as if absent".
 NEUTRAL_VALUES: dict[str, tuple] = {
-    "tools": ([],), "tool_choice": ("auto", "none"), "include": ([],), "truncation": ("disabled",),
+    "include": ([],), "truncation": ("disabled",),
     "text": ({"format": {"type": "text"}},), "background": (False,), "reasoning": ({},)}
 _REFUSALS = {
     "previous_response_id": "this server keeps no responses (stateless): send the whole conversation in `input`",
     "conversation": "this server keeps no conversations (stateless): send the whole conversation in `input`",
-    "tools": "tool use is not supported on this server yet; send the request without `tools`",
 }
 _ITEM_KEYS = frozenset({"type", "role", "content", "id", "status"})
 _PART_KEYS = frozenset({"type", "text", "annotations", "logprobs"})
@@ -52,6 +55,9 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
     def refuse_unsupported(self) -> None:
         for name, value in sorted((self.model_extra or {}).items()):
@@ -64,12 +70,17 @@ class ResponsesRequest(BaseModel):
         return SamplingParams(max_tokens=self.max_output_tokens or default_max_tokens,
                               temperature=self.temperature, top_p=self.top_p)
 
-    def prompt(self) -> ResponsesPrompt:
+    def function_tools(self) -> FunctionTools:
+        return FunctionTools(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def prompt(self, tools: FunctionTools) -> ResponsesPrompt:
         messages = _messages(self.input)
         system = [("instructions", self.instructions)] if self.instructions else []
         while messages and messages[0][1]["role"] in ("system", "developer"):
             index, message = messages.pop(0)
             system.append((f"input[{index}]", message["content"]))
+        if tools.tools:    # the chat path's tools block, after the system blocks as there
+            system.append(("tools", tools_prompt([t.spec() for t in tools.chat_tools])))
         segments = tuple(SegmentInput(SegmentText(text, label, segment_hash(text))) for label, text in system if text)
         return ResponsesPrompt(segments, tuple(m for _, m in messages))
 
@@ -83,15 +94,21 @@ class ResponsesPrompt:
 def _messages(input_: str | list[dict]) -> list[tuple[int, dict]]:
     if isinstance(input_, str):
         return [(0, {"role": "user", "content": input_})]
-    return [(i, _message(item, f"input[{i}]")) for i, item in enumerate(input_)]
+    messages: list[tuple[int, dict]] = []
+    for i, item in enumerate(input_):
+        if isinstance(item, dict) and item.get("type") in ("function_call", "function_call_output"):
+            add_tool_item(messages, item, i)
+        else:
+            messages.append((i, _message(item, f"input[{i}]")))
+    return messages
 
 
 def _message(item: dict, param: str) -> dict:
     kind = item.get("type", "message") if isinstance(item, dict) else None
     if kind != "message":
-        what = "tool calls are not supported on this server yet" if kind and "call" in kind else \
-            f"items of type {kind!r} are not supported (this server is stateless and speaks text)"
-        raise ApiError(400, f"{param}: {what}; send message items with text content", "unsupported_parameter", param)
+        raise ApiError(400, f"{param}: items of type {kind!r} are not supported (this server is stateless and runs "
+                       "function tools only); send message, function_call and function_call_output items",
+                       "unsupported_parameter", param)
     if item.get("role") not in _ROLES:
         raise ApiError(400, f"{param}.role must be one of {', '.join(_ROLES)}", "invalid_request", f"{param}.role")
     _only(item, _ITEM_KEYS, param)

@@ -31,11 +31,10 @@ def nodes(server, key="key-a1"):
 
 TOOL = {"name": "read_file", "input_schema": {"type": "object"}}
 BAD_REQUESTS = [
-    (400, "not supported on this server yet", {"tools": [TOOL]}),
-    (400, "not supported on this server yet", {"messages": [
-        {"role": "user", "content": "read it"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read_file", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "text"}]}]}),
+    (400, "server tools", {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+    (400, "needs `tools`", {"tool_choice": {"type": "any"}}),
+    (400, "belong in assistant messages", {"messages": [
+        {"role": "user", "content": [{"type": "tool_use", "id": "t1", "name": "read_file", "input": {}}]}]}),
     (400, "'image' are not supported", {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}),
     (400, "max_tokens", {"max_tokens": None}),
     (400, "temperature", {"temperature": 1.5}),
@@ -74,8 +73,9 @@ def test_malformed_json_is_an_anthropic_400(server):
 
 def test_sdk_raises_its_typed_errors(server):
     client = anthropic.Anthropic(base_url=server.url, api_key="key-a1", max_retries=0)
-    with pytest.raises(anthropic.BadRequestError, match="tool use is not supported"):
-        client.messages.create(model=MODEL, max_tokens=2, tools=[TOOL], messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(anthropic.BadRequestError, match="not in `tools`"):
+        client.messages.create(model=MODEL, max_tokens=2, tools=[TOOL], tool_choice={"type": "tool", "name": "nope"},
+                               messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=server.url, api_key="wrong", max_retries=0).messages.create(
             model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
@@ -101,4 +101,6 @@ def test_count_tokens_needs_no_max_tokens_and_changes_nothing(server):
     replied = post(server, GOOD).json()["usage"]
     usage_total = replied["input_tokens"] + replied["cache_read_input_tokens"] + replied["cache_creation_input_tokens"]
     assert counted["input_tokens"] == usage_total
-    assert post(server, {**body, "tools": [TOOL]}, path="/v1/messages/count_tokens").status_code == 400
+    with_tools = post(server, {**body, "tools": [TOOL]}, path="/v1/messages/count_tokens").json()
+    assert with_tools["input_tokens"] > counted["input_tokens"]              # the tools block is in the prompt
+    assert post(server, {**body, "tools": [{"name": "read_file"}]}, path="/v1/messages/count_tokens").status_code == 400

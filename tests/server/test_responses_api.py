@@ -97,10 +97,10 @@ def test_a_conversation_in_items_is_cached_turn_by_turn(client, tokenizer):
 
 REFUSED = [
     ("previous_response_id", {"previous_response_id": "resp_123"}, "stateless"),
-    ("tools", {"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tool use"),
+    ("tools[0]", {"tools": [{"type": "web_search"}]}, "function tools only"),
     ("text", {"text": {"format": {"type": "json_object"}}}, "not supported"),
     ("top_logprobs", {"top_logprobs": 2}, "not supported"),
-    ("input[0]", {"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "tool calls"),
+    ("input[0]", {"input": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]}, "function tools only"),
     ("input[0].content[0]", {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input_image"),
     ("prompt_cache_retention", {"prompt_cache_retention": "forever"}, "in_memory"),
