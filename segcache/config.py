@@ -88,6 +88,8 @@ class ServeConfig:
     max_batch: int = _flag(16, "requests running at once (decoding or prefilling); the rest wait in a FIFO queue")
     max_running_kv_bytes: int = _flag(1 << 30, "KV buffer bytes all running requests may hold together; "
                                       "a request that would exceed it waits (one always runs)", parse=parse_bytes)
+    block_tokens: int = _flag(256, "tokens per prefill block: each prompt part is computed and cached in blocks "
+                              "of at most this many tokens, so a part whose tail changed reuses its first blocks")
     trace_file: str | None = _flag(None, "append every request (parts, output, usage, timings) to this JSONL file")
     log_level: str = _flag("info", "uvicorn log level")
 
@@ -114,6 +116,8 @@ class ServeConfig:
         parse_share(self.tenant_cache_share)
         if self.batching not in BATCHING_MODES:
             raise ValueError(f"--batching must be one of {', '.join(BATCHING_MODES)}, got {self.batching!r}")
+        if self.block_tokens < 1:
+            raise ValueError("--block-tokens must be at least 1")
         if self.max_batch < 1:
             raise ValueError("--max-batch must be at least 1")
         if self.max_running_kv_bytes < 0:

@@ -23,7 +23,8 @@ def test_flags_come_from_the_dataclass():
     assert config_from_args(parser.parse_args([])) == ServeConfig()
 
 
-@pytest.mark.parametrize("bad", [{"port": 0}, {"dtype": "int4"}, {"cache_bytes": -1}, {"default_ttl": 0}, {"threads": 0}])
+@pytest.mark.parametrize("bad", [{"port": 0}, {"dtype": "int4"}, {"cache_bytes": -1}, {"default_ttl": 0}, {"threads": 0},
+                                 {"block_tokens": 0}])
 def test_invalid_settings_are_refused(bad):
     with pytest.raises(ValueError):
         ServeConfig(**bad)

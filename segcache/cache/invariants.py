@@ -58,6 +58,7 @@ def _check_child(parent: Node, child_id: tuple, child: Node) -> None:
     assert child.parent is parent, f"node {name} does not point back to its parent"
     assert child.scope == parent.scope, f"node {name} has scope {child.scope[:8]}, its parent {parent.scope[:8]}"
     assert child.start == parent.end, f"node {name} starts at {child.start}, its parent ends at {parent.end}"
+    assert child.part_key is not None, f"node {name} does not say which part it belongs to"
     assert child.lock_count >= 0, f"node {name} has lock_count {child.lock_count}"
     assert child.num_bytes >= 0, f"node {name} has num_bytes {child.num_bytes}"
     expected_chain = chain_key(parent.chain_key, child.key, child.token_ids)  # type: ignore[arg-type]

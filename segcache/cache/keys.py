@@ -55,6 +55,12 @@ def part_key(kind: str, role: str, text: str) -> PartKey:
     return PartKey(_digest(b"segcache.part.v1", kind, role, text))
 
 
+def block_key(kind: str, role: str) -> PartKey:
+    """Key of a block of a part of this kind and role: blocks are matched by their token ids under their
+    parent, not by the part's text, so the first blocks of a part whose tail changed still match."""
+    return PartKey(_digest(b"segcache.block.v1", kind, role))
+
+
 def scope_key(tenant: str, model_id: str, weights_fingerprint: str, dtype: str,
               tokenizer_fingerprint: str) -> ScopeKey:
     """Key of a cache scope: KV is reusable only between requests that agree on all five fields.

@@ -25,6 +25,7 @@ class PartSpec(NamedTuple):
     key: PartKey
     token_ids: tuple[int, ...]
     label: str | None = None  # segment id, for display only
+    part_key: PartKey | None = None  # the key of the part this block belongs to (None: `key` is the part's key)
 
 
 ChildId = tuple[PartKey, tuple[int, ...]]  # a child's identity under its parent: (key, token_ids)
@@ -32,7 +33,8 @@ ChildId = tuple[PartKey, tuple[int, ...]]  # a child's identity under its parent
 
 @dataclass(eq=False, repr=False)
 class Node:
-    """One cached part: its token ids and the KV of exactly those tokens, computed with its ancestors as context.
+    """One cached block of a part (or a whole part): its token ids and the KV of exactly those tokens,
+    computed with its ancestors as context.
 
     A node's KV is only valid below its parent, which is why eviction removes leaves only. Compared and
     hashed by identity. The tree owns every field; callers read them and use `payload` while the node is locked.
@@ -46,6 +48,7 @@ class Node:
     scope: ScopeKey
     start: int  # tokens before this node on its path: root 0, child parent.start + len(parent.token_ids)
     label: str | None = None  # segment id, for display
+    part_key: PartKey | None = None  # the part this block belongs to (tells a boundary miss from a new one)
     children: dict[ChildId, Node] = field(default_factory=dict, repr=False)
     lock_count: int = 0  # requests using this node; a root holds one permanent lock
     pinned: bool = False  # pinned nodes are never removed to make room (they still expire)

@@ -7,8 +7,9 @@
             |     +-- frontend-agent  [900, 1320)
             +-- user message   tokens [12, 40)
 
-A node holds one part's token ids and the KV of exactly those tokens (an opaque payload here), computed
-with all its ancestors as context. Nothing in this module knows torch or HTTP: the tests run it with
+A node holds one part's token ids, or one block of them (the engine caches a part as blocks of at most
+--block-tokens tokens, matched by their token ids so a part whose tail changed reuses its head), and the
+KV of exactly those tokens (an opaque payload here), computed with all its ancestors as context. Nothing in this module knows torch or HTTP: the tests run it with
 payload=None and a fake clock.
 """
 
@@ -112,7 +113,7 @@ class SegmentTree:
             child_id = (part.key, tuple(part.token_ids))
             child = node.children.get(child_id)
             if child is None or child.is_expired(now):
-                reason = MissReason.EXPIRED if child is not None else self._miss_reason(node, child_id)
+                reason = MissReason.EXPIRED if child is not None else self._miss_reason(node, child_id, part)
                 return MatchResult(nodes, node.end, reason)
             nodes.append(child)
             node = child
@@ -136,7 +137,8 @@ class SegmentTree:
                 self._set_expiry(node, now, ttl_seconds)
             return node
         node = Node(key=part.key, token_ids=child_id[1], payload=payload, num_bytes=num_bytes, parent=parent,
-                    scope=parent.scope, start=parent.end, label=part.label, last_access=now, created_at=now,
+                    scope=parent.scope, start=parent.end, label=part.label,
+                    part_key=part.part_key or part.key, last_access=now, created_at=now,
                     chain_key=chain_key(parent.chain_key, *child_id))
         parent.children[child_id] = node
         self._count(node, +1)
@@ -324,8 +326,9 @@ class SegmentTree:
 
     # -- private helpers ----------------------------------------------------------------------------------
 
-    def _miss_reason(self, node: Node, child_id: ChildId) -> MissReason:
-        if any(key == child_id[0] for key, _ in node.children):
+    def _miss_reason(self, node: Node, child_id: ChildId, part: PartSpec) -> MissReason:
+        part_key = part.part_key or part.key
+        if any(child.part_key == part_key for child in node.children.values()):
             return MissReason.BOUNDARY
         return self._tombstones.get(chain_key(node.chain_key, *child_id), MissReason.NEW)
 

@@ -1,4 +1,4 @@
-"""One sequence's work, a step at a time: build the prompt, match the tree, prefill unit by unit, decode.
+"""One sequence's work, a step at a time: build the prompt, match the tree, prefill block by block, decode.
 
 The scheduler decides which sequence runs; this module does the work of one prefill unit and keeps
 the prompt report. The tree is reached only through the cache manager, never around a forward.
@@ -10,9 +10,10 @@ import hashlib
 import time
 from collections import deque
 
-from segcache.cache.tree import MatchResult, Node, PartSpec, PinQuotaError
+from segcache.cache.tree import MatchResult, Node, PinQuotaError
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import CacheManager
+from segcache.engine.blocks import Block, cached_tokens_per_part, complete_parts, plan_blocks
 from segcache.engine.decoding import Decoder
 from segcache.engine.constraint import Constraint, GrammarCompiler
 from segcache.engine.model import LoadedModel
@@ -20,7 +21,6 @@ from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt,
 from segcache.engine.request import EngineRequest, PromptReport, Receipt
 from segcache.engine.runner import Runner, kv_bytes_per_token, kv_num_bytes
 from segcache.engine.sequence import PrefillProgress, Sequence
-from segcache.engine.units import prefill_units
 
 
 class Executor:
@@ -61,18 +61,18 @@ class Executor:
     # ---------------------------------------------------------------- prefill
 
     def begin_prefill(self, sequence: Sequence) -> None:
-        """Match and lock the cached chain, load it into a fresh KV buffer, plan the units left."""
+        """Match and lock the cached chain of blocks, load it into a fresh KV buffer, plan the blocks left."""
         request, prompt = sequence.request, sequence.prompt
-        specs = [PartSpec(p.key, p.token_ids, p.label) for p in prompt.parts]
-        # The last part of a generating request is always computed: its logits start the reply.
+        blocks = plan_blocks(prompt.parts, self.config.block_tokens)
+        specs = [b.spec for b in blocks]
+        # The last block of a generating request is always computed: its logits start the reply.
         matchable = specs if not sequence.generates else specs[:-1]
         pin_cost = self._pin_cost(prompt) if request.pin and self.cache.enabled else None
-        acquired = self.cache.acquire(request.tenant, matchable, [self._ttl(request, p) for p in prompt.parts],
-                                      pin_cost)
+        ttls = [self._ttl(request, prompt.parts[b.part_index]) for b in blocks]
+        acquired = self.cache.acquire(request.tenant, matchable, ttls, pin_cost)
         nodes = acquired.match.nodes
-        units = deque((index, start, end) for index in range(len(nodes), len(prompt.parts))
-                      for start, end in prefill_units(len(prompt.parts[index].token_ids)) or [(0, 0)])
-        sequence.prefill = PrefillProgress(acquired, specs, units, list(nodes), acquired.parent, self.cache.enabled)
+        sequence.prefill = PrefillProgress(acquired, blocks, deque(blocks[len(nodes):]), list(nodes),
+                                           acquired.parent, self.cache.enabled)
         try:
             sequence.state = self.runner.start([n.payload for n in nodes], self._capacity(request, prompt))
         except BaseException:
@@ -80,18 +80,17 @@ class Executor:
             raise
 
     def prefill_unit(self, sequence: Sequence) -> bool:
-        """Run the next unit; cache the part it completes. True when the whole prompt is prefilled
-        (at once for a warm request whose every part was cached)."""
+        """Run the next block and cache it. True when the whole prompt is prefilled (at once for a warm
+        request whose every block was cached)."""
         progress = sequence.prefill
         if not progress.units:
             return True
-        index, start, end = progress.units.popleft()
-        part = sequence.prompt.parts[index]
-        self.runner.prefill_unit(sequence.state, part.token_ids[start:end])
-        if end == len(part.token_ids) and progress.caching:
-            kv = self.runner.part_kv(sequence.state, sequence.state.num_tokens - len(part.token_ids))
-            node = self.cache.extend(progress.parent, progress.specs[index], kv, kv_num_bytes(kv),
-                                     self._ttl(sequence.request, part))
+        block = progress.units.popleft()
+        part = sequence.prompt.parts[block.part_index]
+        self.runner.prefill_unit(sequence.state, part.token_ids[block.start:block.end])
+        if progress.caching:
+            kv = self.runner.part_kv(sequence.state, sequence.state.num_tokens - block.num_tokens)
+            node = self.cache.extend(progress.parent, block.spec, kv, kv_num_bytes(kv), self._ttl(sequence.request, part))
             progress.caching = node is not None
             if node is not None:
                 progress.parent = node
@@ -110,7 +109,7 @@ class Executor:
         finally:
             self.end_prefill(sequence)
         queue_s = progress.started - sequence.queued_at
-        return self._report(sequence.request, sequence.prompt, progress.acquired.match, chain,
+        return self._report(sequence.request, sequence.prompt, progress.blocks, progress.acquired.match, chain,
                             time.perf_counter() - progress.started, queue_s)
 
     def end_prefill(self, sequence: Sequence) -> None:
@@ -130,7 +129,7 @@ class Executor:
         """The pin bytes a warm with `pin: true` needs, given what matched: checked before anything changes,
         so a refusal stores nothing."""
         def cost(match: MatchResult) -> int:
-            new_tokens = sum(len(p.token_ids) for p in prompt.parts[len(match.nodes):])
+            new_tokens = sum(len(p.token_ids) for p in prompt.parts) - match.num_tokens
             return new_tokens * self.bytes_per_token + sum(n.num_bytes for n in match.nodes if not n.pinned)
         return cost
 
@@ -150,35 +149,42 @@ class Executor:
 
     # ---------------------------------------------------------------- reporting
 
-    def _report(self, request: EngineRequest, prompt: Prompt, match: MatchResult, chain: list[Node],
-                prefill_s: float, queue_s: float) -> PromptReport:
-        num_hit = len(match.nodes)
+    def _report(self, request: EngineRequest, prompt: Prompt, blocks: list[Block], match: MatchResult,
+                chain: list[Node], prefill_s: float, queue_s: float) -> PromptReport:
+        cached = cached_tokens_per_part(blocks, len(prompt.parts), len(match.nodes))
+        num_hit = complete_parts(blocks, len(match.nodes))
         receipts, parts = [], []
-        missed_segment = False   # has a segment before this one been computed?
+        missed_segment = False   # has a segment before this one been computed, wholly or in part?
         for index, part in enumerate(prompt.parts):
-            cached = len(part.token_ids) if index < num_hit else 0
             segment = request.segments[part.segment_index].text if part.segment_index is not None else None
             parts.append({"kind": part.kind, "role": part.role, "id": segment and segment.id,
                           "hash": segment and segment.hash, "text": part.text, "tokens": len(part.token_ids),
-                          "cached_tokens": cached})
+                          "cached_tokens": cached[index]})
             if segment is not None:
-                receipts.append(_receipt(segment, len(part.token_ids), index < num_hit, missed_segment, match))
+                receipts.append(_receipt(segment, len(part.token_ids), cached[index], index < num_hit,
+                                         missed_segment, match))
                 missed_segment = missed_segment or index >= num_hit
-        segment_nodes = [n for n, p in zip(chain, prompt.parts) if p.kind in ("head", "segment")]
+        num_complete = complete_parts(blocks, len(chain))
+        segment_keys = [p.key for p in prompt.parts[:num_complete] if p.kind in ("head", "segment")]
         expiries = [n.expires_at for n in chain if n.expires_at is not None]
         return PromptReport(
             prompt_tokens=sum(len(p.token_ids) for p in prompt.parts), cached_tokens=match.num_tokens,
-            receipts=tuple(receipts), parts=tuple(parts), chain_hash=_chain_hash(segment_nodes),
+            receipts=tuple(receipts), parts=tuple(parts), chain_hash=_chain_hash(segment_keys),
             expires_at=min(expiries) if expiries else None, prefill_s=prefill_s, queue_s=queue_s)
 
 
-def _receipt(segment, tokens: int, hit: bool, after_missed_segment: bool, match: MatchResult) -> Receipt:
-    """Why a segment was computed: its own miss, or an earlier segment's (prefix_miss).
+def _receipt(segment, tokens: int, cached: int, hit: bool, after_missed_segment: bool,
+             match: MatchResult) -> Receipt:
+    """Hit (every block), partial (its first blocks; the reason is why the next one missed) or computed:
+    for its own miss, or an earlier segment's (prefix_miss).
 
     A miss in template markup alone (the head, on a new scope) is reported as the segment's own.
     """
     if hit:
         return Receipt(segment.id, segment.hash, tokens, tokens, "hit", None)
+    if cached:
+        reason = match.miss_reason.value if match.miss_reason is not None else "new"
+        return Receipt(segment.id, segment.hash, tokens, cached, "partial", reason)
     if after_missed_segment:
         reason = "prefix_miss"
     else:
@@ -186,10 +192,10 @@ def _receipt(segment, tokens: int, hit: bool, after_missed_segment: bool, match:
     return Receipt(segment.id, segment.hash, tokens, 0, "computed", reason)
 
 
-def _chain_hash(nodes: list[Node]) -> str | None:
-    if not nodes:
+def _chain_hash(keys: list[str]) -> str | None:
+    if not keys:
         return None
     digest = hashlib.sha256()
-    for node in nodes:
-        digest.update(node.key.encode())
+    for key in keys:
+        digest.update(key.encode())
     return "sha256:" + digest.hexdigest()

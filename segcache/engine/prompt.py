@@ -70,6 +70,8 @@ def build_chat_prompt(tokenizer, segments: list[SegmentText], messages: list[dic
         parts = _system_turn_parts(_render(tokenizer, system, False), segments, messages)
         conversation = system + (messages[1:] if messages and messages[0]["role"] == "system" else messages)
     parts += _message_parts(tokenizer, conversation, 1 if segments else 0, add_generation_prompt)
+    if not segments:
+        parts = _split_injected_turn(tokenizer, conversation, parts)
     return _tokenize(tokenizer, [p for p in parts if p.text], reject_split)
 
 
@@ -106,6 +108,39 @@ def _system_turn_parts(rendered: str, segments: list[SegmentText], messages: lis
         parts.append(Part("message", "system", SEGMENT_SEPARATOR + messages[0]["content"]))
     parts.append(Part("template", "system", rendered[offset + len(content):]))
     return parts
+
+
+def _split_injected_turn(tokenizer, conversation: list[dict], parts: list[Part]) -> list[Part]:
+    """Make a system turn the template adds on its own (SmolLM2 adds a default one) a part of its own, so
+    two chats that differ only in their first user message share it.
+
+        <|im_start|>system\nYou are a helpful AI ...<|im_end|>\n | <|im_start|>user\nCount to 0.<|im_end|>\n
+        template (system)                                         message (user)
+    """
+    if not conversation or not parts or conversation[0]["role"] == "system" or parts[0].role != conversation[0]["role"]:
+        return parts
+    injected = _injected_turn(tokenizer, conversation[0]["role"])
+    if not injected or not parts[0].text.startswith(injected) or parts[0].text == injected:
+        return parts
+    first = parts[0]
+    return [Part("template", "system", injected), Part(first.kind, first.role, first.text[len(injected):]), *parts[1:]]
+
+
+def _injected_turn(tokenizer, role: str) -> str | None:
+    """The text a template puts before a first `role` message's own turn (None if there is none or the
+    template is not prefix-stable enough to tell): what comes before the turn's opening, learned by
+    rendering the same turn after an explicit system message."""
+    mark = _MARK.format("turn")
+    system = [{"role": "system", "content": "x"}]
+    alone, after_system = _render(tokenizer, system, False), _render(tokenizer, system + [{"role": role, "content": mark}], False)
+    if not after_system.startswith(alone) or mark not in after_system:
+        return None
+    opening = after_system[len(alone):after_system.index(mark)]
+    rendered = _render(tokenizer, [{"role": role, "content": mark}], False)
+    before = rendered[:rendered.find(mark)] if mark in rendered else ""
+    if not opening or not before.endswith(opening) or len(before) == len(opening):
+        return None
+    return before[:-len(opening)]
 
 
 def _message_parts(tokenizer, conversation: list[dict], start: int, add_generation_prompt: bool) -> list[Part]:

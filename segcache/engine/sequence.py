@@ -13,7 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from segcache.cache.tree import Node, PartSpec
+from segcache.cache.tree import Node
+from segcache.engine.blocks import Block
 from segcache.engine.cache_manager import Acquired
 from segcache.engine.constraint import Constraint
 from segcache.engine.decoding import Decoder
@@ -26,13 +27,13 @@ Emit = Callable[[object], None]
 
 @dataclass
 class PrefillProgress:
-    """A sequence's prefill between engine steps: the units left and the cached chain it holds."""
+    """A sequence's prefill between engine steps: the blocks left and the cached chain it holds."""
     acquired: Acquired
-    specs: list[PartSpec]
-    units: deque[tuple[int, int, int]]     # (part index, start, end) offsets within the part, in order
-    held: list[Node]                       # locked nodes: the matched chain, then each part it cached
-    parent: Node                           # where the next computed part is cached
-    caching: bool                          # False once a part could not be cached (scope cleared)
+    blocks: list[Block]                    # every block of the prompt (engine/blocks.py)
+    units: deque[Block]                    # the blocks left to compute, in order
+    held: list[Node]                       # locked nodes: the matched chain, then each block it cached
+    parent: Node                           # where the next computed block is cached
+    caching: bool                          # False once a block could not be cached (scope cleared)
     started: float = field(default_factory=time.perf_counter)
 
 

@@ -8,7 +8,8 @@ chunks of a long prefill.
     part tokens:  0 ........ 256 ........ 512 ..... 700
     units:        [ chunk 0  ][ chunk 1   ][ chunk 2 ]
 
-Block-level reuse (caching within a part) can key its blocks on the same units.
+These units are the blocks the cache stores (engine/blocks.py): one mechanism for batching and reuse.
+The size is --block-tokens; PREFILL_CHUNK_TOKENS is its default.
 """
 
 from __future__ import annotations

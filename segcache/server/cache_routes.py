@@ -169,7 +169,7 @@ def _entry_json(entry) -> dict:
 
 
 def _node_json(depth: int, node) -> dict:
-    return {"depth": depth, "key": node.key, "label": node.label, "start": node.start,
+    return {"depth": depth, "key": node.key, "part_key": node.part_key, "label": node.label, "start": node.start,
             "tokens": len(node.token_ids), "bytes": node.num_bytes, "hits": node.hits,
             "locked": node.lock_count > 0, "pinned": node.pinned, "expires_at": node.expires_at,
             "last_access": node.last_access, "children": len(node.children)}

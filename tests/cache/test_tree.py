@@ -545,3 +545,21 @@ def test_lazy_heap_pops_in_priority_order_and_skips_stale_entries(clock):
     assert heap.pop(limit=2.5) is None
     heap.push(b)
     assert [heap.pop(), heap.pop(), heap.pop()] == [a, b, None]
+
+
+def test_a_part_whose_tail_changed_matches_its_first_blocks():
+    from segcache.cache.keys import block_key
+    tree = SegmentTree(1000)
+    scope = scope_key("t", "m", "w", "float32", "tok")
+    key = block_key("segment", "system")
+    old = [PartSpec(key, (1, 2, 3), "s", part_key("segment", "system", "old")),
+           PartSpec(key, (4, 5, 6), "s", part_key("segment", "system", "old"))]
+    new = [PartSpec(key, (1, 2, 3), "s", part_key("segment", "system", "new")),
+           PartSpec(key, (4, 5, 7), "s", part_key("segment", "system", "new"))]
+    parent = tree.root(scope)
+    for spec in old:
+        parent = tree.insert(parent, spec, payload=None, num_bytes=3)
+    result = tree.match(scope, new)
+    assert [n.token_ids for n in result.nodes] == [(1, 2, 3)] and result.num_tokens == 3
+    assert result.miss_reason is MissReason.NEW
+    tree.check()

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from segcache.cache import MissReason, Node, NodeLockedError, PartSpec, SegmentTree, part_key, scope_key
+from segcache.cache.keys import block_key
 from segcache.cache.tree import PinQuotaError, SharePolicy
 
 CAPACITY = 100
@@ -42,6 +43,7 @@ class FakeClock:
 
 class TreeMachine(RuleBasedStateMachine):
     shares: SharePolicy | None = None  # None: one global LRU
+    to_specs = staticmethod(to_specs)  # a request's parts as the tree sees them
 
     @initialize()
     def start(self) -> None:
@@ -54,7 +56,7 @@ class TreeMachine(RuleBasedStateMachine):
     @rule(scope=scopes, parts=parts_strategy, num_bytes=st.integers(0, 15), ttl=ttls, keep_locked=st.booleans())
     def serve(self, scope, parts, num_bytes, ttl, keep_locked) -> None:
         """What the engine does: match, lock, insert the rest, touch, then release (or keep running)."""
-        specs = to_specs(parts)
+        specs = self.to_specs(parts)
         result = self.tree.match(scope, specs)
         assert_match_agrees(specs, result, self.clock.now)
         chain = list(result.nodes)
@@ -73,7 +75,7 @@ class TreeMachine(RuleBasedStateMachine):
 
     @rule(scope=scopes, parts=parts_strategy)
     def match(self, scope, parts) -> None:
-        specs = to_specs(parts)
+        specs = self.to_specs(parts)
         before = snapshot(self.tree)
         assert_match_agrees(specs, self.tree.match(scope, specs), self.clock.now)
         assert snapshot(self.tree) == before, "match() modified the tree"
@@ -216,3 +218,28 @@ class SharedTreeMachine(TreeMachine):
 
 SharedTreeMachine.TestCase.settings = TreeMachine.TestCase.settings
 test_shared_tree_machine = SharedTreeMachine.TestCase
+
+
+BLOCK_TOKENS = 3
+
+
+def to_block_specs(parts: list[tuple[int, int]]) -> list[PartSpec]:
+    """Each part as the engine caches it: blocks of BLOCK_TOKENS tokens keyed by kind and role, matched by
+    token ids; a drifted part changes its last token only, so its first blocks still match."""
+    specs = []
+    for key, variant in parts:
+        tokens = tuple(10 * key + offset for offset in range(7))[:-1] + (100 + variant,)
+        whole = part_key("segment", "system", f"block-{key}.{variant}")
+        for start in range(0, len(tokens), BLOCK_TOKENS):
+            specs.append(PartSpec(block_key("segment", "system"), tokens[start:start + BLOCK_TOKENS], f"b{key}", whole))
+    return specs
+
+
+class BlockTreeMachine(TreeMachine):
+    """The same operations over chains of blocks: parts that differ in their tail share their first blocks."""
+
+    to_specs = staticmethod(to_block_specs)
+
+
+BlockTreeMachine.TestCase.settings = TreeMachine.TestCase.settings
+test_block_tree_machine = BlockTreeMachine.TestCase

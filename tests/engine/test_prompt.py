@@ -32,8 +32,20 @@ def test_each_message_is_its_own_part(tokenizer):
                 {"role": "user", "content": "Bye"}]
     prompt = build_chat_prompt(tokenizer, [], messages)
     assert prompt.token_ids == _template_ids(tokenizer, messages)
-    assert [(p.kind, p.role) for p in prompt.parts] == [("message", "user"), ("message", "assistant"),
-                                                         ("message", "user"), ("generation", "assistant")]
+    # SmolLM2's template injects a default system turn when none is given: a part of its own.
+    assert [(p.kind, p.role) for p in prompt.parts] == [("template", "system"), ("message", "user"),
+                                                         ("message", "assistant"), ("message", "user"),
+                                                         ("generation", "assistant")]
+
+
+def test_the_injected_system_turn_is_shared_by_single_turn_chats(tokenizer):
+    first, second = (build_chat_prompt(tokenizer, [], [{"role": "user", "content": f"Count to {n}."}]) for n in (0, 1))
+    assert first.parts[0].text == second.parts[0].text
+    assert first.parts[0].text.startswith("<|im_start|>system\n") and first.parts[0].text.endswith("<|im_end|>\n")
+    assert first.parts[1].text == "<|im_start|>user\nCount to 0.<|im_end|>\n"
+    given = build_chat_prompt(tokenizer, [], [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "Hi"}])
+    assert [p.kind for p in given.parts] == ["message", "message", "generation"]
 
 
 def test_a_token_straddling_a_boundary_belongs_to_the_later_part(tokenizer):
@@ -102,4 +114,5 @@ def test_prompt_assembly_renders_a_few_times_whatever_the_number_of_messages(tok
         build_chat_prompt(tokenizer, [], messages)
     finally:
         del tokenizer.apply_chat_template
-    assert len(calls) <= 6 and sum(calls) <= 5 * 400
+    # + 3 renders of at most 2 messages to find a system turn the template injects on its own
+    assert len(calls) <= 6 + 3 and sum(calls) <= 5 * 400 + 5
