@@ -84,6 +84,10 @@ class ServeConfig:
     max_batch: int = _flag(16, "requests running at once (decoding or prefilling); the rest wait in a FIFO queue")
     max_running_kv_bytes: int = _flag(1 << 30, "KV buffer bytes all running requests may hold together; "
                                       "a request that would exceed it waits (one always runs)", parse=parse_bytes)
+    disk_cache: str | None = _flag(None, "directory for the disk tier: cached KV is written behind to one file per "
+                                   "node, with a SQLite manifest of the tree, the named segments and segment texts, "
+                                   "so a restarted server finds them again (default: RAM only)")
+    disk_cache_bytes: int = _flag(16 << 30, "bytes of KV files the disk tier keeps (LRU beyond)", parse=parse_bytes)
     trace_file: str | None = _flag(None, "append every request (parts, output, usage, timings) to this JSONL file")
     log_level: str = _flag("info", "uvicorn log level")
 
@@ -108,6 +112,8 @@ class ServeConfig:
             raise ValueError("--max-batch must be at least 1")
         if self.max_running_kv_bytes < 0:
             raise ValueError("--max-running-kv-bytes must not be negative")
+        if self.disk_cache_bytes < 0:
+            raise ValueError("--disk-cache-bytes must not be negative")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
 

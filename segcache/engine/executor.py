@@ -12,7 +12,7 @@ from collections import deque
 
 from segcache.cache.tree import MatchResult, Node, PartSpec, PinQuotaError
 from segcache.config import ServeConfig
-from segcache.engine.cache_manager import CacheManager
+from segcache.engine.cache_manager import Acquired, CacheManager
 from segcache.engine.decoding import Decoder
 from segcache.engine.model import LoadedModel
 from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt, build_completion_prompt
@@ -104,7 +104,7 @@ class Executor:
         finally:
             self.end_prefill(sequence)
         queue_s = progress.started - sequence.queued_at
-        return self._report(sequence.request, sequence.prompt, progress.acquired.match, chain,
+        return self._report(sequence.request, sequence.prompt, progress.acquired, chain,
                             time.perf_counter() - progress.started, queue_s)
 
     def end_prefill(self, sequence: Sequence) -> None:
@@ -144,8 +144,9 @@ class Executor:
 
     # ---------------------------------------------------------------- reporting
 
-    def _report(self, request: EngineRequest, prompt: Prompt, match: MatchResult, chain: list[Node],
+    def _report(self, request: EngineRequest, prompt: Prompt, acquired: Acquired, chain: list[Node],
                 prefill_s: float, queue_s: float) -> PromptReport:
+        match, tiers = acquired.match, acquired.tiers
         num_hit = len(match.nodes)
         receipts, parts = [], []
         missed_segment = False   # has a segment before this one been computed?
@@ -156,23 +157,35 @@ class Executor:
                           "hash": segment and segment.hash, "text": part.text, "tokens": len(part.token_ids),
                           "cached_tokens": cached})
             if segment is not None:
-                receipts.append(_receipt(segment, len(part.token_ids), index < num_hit, missed_segment, match))
+                tier = tiers[index] if index < len(tiers) else None
+                receipts.append(_receipt(segment, len(part.token_ids), tier, index < num_hit, missed_segment, match))
                 missed_segment = missed_segment or index >= num_hit
         segment_nodes = [n for n, p in zip(chain, prompt.parts) if p.kind in ("head", "segment")]
         expiries = [n.expires_at for n in chain if n.expires_at is not None]
         return PromptReport(
             prompt_tokens=sum(len(p.token_ids) for p in prompt.parts), cached_tokens=match.num_tokens,
             receipts=tuple(receipts), parts=tuple(parts), chain_hash=_chain_hash(segment_nodes),
-            expires_at=min(expiries) if expiries else None, prefill_s=prefill_s, queue_s=queue_s)
+            expires_at=min(expiries) if expiries else None, prefill_s=prefill_s, queue_s=queue_s,
+            tier_hits=_tier_hits(match.nodes, tiers))
 
 
-def _receipt(segment, tokens: int, hit: bool, after_missed_segment: bool, match: MatchResult) -> Receipt:
+def _tier_hits(nodes: list[Node], tiers: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """(tier, tokens, bytes) summed per tier over the matched chain, for the per-tier metrics."""
+    totals: dict[str, tuple[int, int]] = {}
+    for node, tier in zip(nodes, tiers):
+        tokens, num_bytes = totals.get(tier, (0, 0))
+        totals[tier] = (tokens + len(node.token_ids), num_bytes + node.num_bytes)
+    return tuple((tier, tokens, num_bytes) for tier, (tokens, num_bytes) in totals.items())
+
+
+def _receipt(segment, tokens: int, tier: str | None, hit: bool, after_missed_segment: bool,
+             match: MatchResult) -> Receipt:
     """Why a segment was computed: its own miss, or an earlier segment's (prefix_miss).
 
     A miss in template markup alone (the head, on a new scope) is reported as the segment's own.
     """
     if hit:
-        return Receipt(segment.id, segment.hash, tokens, tokens, "hit", None)
+        return Receipt(segment.id, segment.hash, tokens, tokens, "hit", None, tier)
     if after_missed_segment:
         reason = "prefix_miss"
     else:
