@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, concurrent, hit
+from segcache.bench import agents, concurrent, hit, tiers
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -13,3 +13,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     agents.register(bench_subcommands)  # segcache bench agents
     hit.register(bench_subcommands)     # segcache bench hit
     concurrent.register(bench_subcommands)  # segcache bench concurrent
+    tiers.register(bench_subcommands)   # segcache bench tiers
