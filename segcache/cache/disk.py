@@ -1,12 +1,7 @@
 """The disk tier: one file per cached node, found again by its chain key, LRU under its own budget.
 
     DIR/manifest.sqlite                      the manifest (cache/manifest.py)
-    DIR/kv/<scope>/<chain_key>.kv            one node's KV:
-
-        b"SEGCACHE-KV1\\n" | header length (8 bytes, big-endian) | header (JSON) | payload bytes
-
-    header: scope, chain_key, part_key, token_ids, meta (the payload's dtype and shape, for the codec),
-            payload_bytes, sha256 of the payload
+    DIR/kv/<scope>/<chain_key>.kv            one node's KV, as cache/kvfile.py lays it out
 
 The scope (which includes the tenant) is in the path, in the header and under the chain key, so one
 tenant's request can never be served another's file. A load verifies all of it (magic, scope, chain key,
@@ -19,8 +14,6 @@ that thread. No torch, no HTTP: the engine passes the codec.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import queue
@@ -31,11 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from segcache.cache.kvfile import Encoded, header_fields, pack_header, unpack
 from segcache.cache.manifest import Manifest, NodeRecord
 
 log = logging.getLogger("segcache")
-MAGIC = b"SEGCACHE-KV1\n"
-Encoded = tuple[dict, bytes]   # (meta the codec needs to rebuild the payload, the payload's bytes)
 
 
 @dataclass(frozen=True)
@@ -143,19 +135,17 @@ class DiskTier:
                 log.exception("segcache: could not write node %s to the disk cache", record.chain_key[:12])
 
     def _write(self, record: NodeRecord, meta: dict, payload: bytes) -> None:
-        header = json.dumps({"scope": record.scope, "chain_key": record.chain_key, "part_key": record.part_key,
-                             "token_ids": list(record.token_ids), "meta": meta, "payload_bytes": len(payload),
-                             "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+        header = pack_header(_fields(record), meta, payload)
         path = self._path(record.scope, record.chain_key)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_suffix(".tmp")
         with open(temp, "wb") as file:
-            file.write(MAGIC + len(header).to_bytes(8, "big") + header)
+            file.write(header)
             file.write(payload)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-        size = len(MAGIC) + 8 + len(header) + len(payload)
+        size = len(header) + len(payload)
         self.manifest.put_node(replace(record, file_bytes=size, last_access=self._clock()))
         self.stats.writes += 1
         self._evict_to_capacity()
@@ -177,20 +167,10 @@ class DiskTier:
 
     def _read(self, path: Path, record: NodeRecord) -> Encoded | None:
         try:
-            with open(path, "rb") as file:
-                if file.read(len(MAGIC)) != MAGIC:
-                    return None
-                header = json.loads(file.read(int.from_bytes(file.read(8), "big")))
-                payload = file.read()
-        except (OSError, ValueError):
+            data = path.read_bytes()
+        except OSError:
             return None
-        expected = {"scope": record.scope, "chain_key": record.chain_key, "part_key": record.part_key,
-                    "token_ids": list(record.token_ids), "payload_bytes": len(payload)}
-        if any(header.get(name) != value for name, value in expected.items()):
-            return None
-        if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-            return None
-        return header["meta"], payload
+        return unpack(data, _fields(record))
 
     def _remove(self, record: NodeRecord) -> None:
         self.manifest.delete_node(record.chain_key)
@@ -208,3 +188,7 @@ class DiskTier:
 
     def _path(self, scope: str, chain_key: str) -> Path:
         return self.directory / "kv" / scope / f"{chain_key}.kv"
+
+
+def _fields(record: NodeRecord) -> dict:
+    return header_fields(record.scope, record.chain_key, record.part_key, record.token_ids)
