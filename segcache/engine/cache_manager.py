@@ -22,7 +22,7 @@ from segcache.cache.keys import ScopeKey
 from segcache.cache.tree import (Eviction, MatchResult, MissReason, Node, NodeLockedError, PartSpec, PinQuotaError,
                                  SegmentTree)
 from segcache.engine.prompt import PromptError
-from segcache.engine.tiers import DISK, RAM, Tiers
+from segcache.engine.tiers import RAM, Tiers
 
 T = TypeVar("T")
 EvictionObserver = Callable[[list[Eviction]], None]
@@ -85,7 +85,7 @@ class CacheManager:
             parent = match.nodes[-1] if match.nodes else self.tree.root(scope)
             if self.tiers is not None:
                 self.tiers.touch(match.nodes)
-        return Acquired(scope, match, parent, tuple(DISK if n in loaded else RAM for n in match.nodes))
+        return Acquired(scope, match, parent, tuple(loaded.get(n, RAM) for n in match.nodes))
 
     def extend(self, parent: Node, part: PartSpec, payload: object, num_bytes: int,
                ttl: float | None) -> Node | None:
@@ -190,15 +190,16 @@ class CacheManager:
         """Where a node of the tree lives (call inside inspect's describe, under the lock)."""
         return self.tiers.locations([node])[node] if self.tiers is not None else [RAM]
 
-    def _load_below(self, scope: ScopeKey, parts: Sequence[PartSpec], match: MatchResult) -> list[Node]:
-        """Insert the parts after `match` that a lower tier holds, in order, until one misses; the loaded nodes.
+    def _load_below(self, scope: ScopeKey, parts: Sequence[PartSpec], match: MatchResult) -> dict[Node, str]:
+        """Insert the parts after `match` that a lower tier holds, in order, until one misses; the loaded
+        nodes and the tier each came from.
 
         Only a position never seen or evicted here is looked up (an expired one stays a miss; a boundary
         miss has other token ids). The chain is locked while room is made, so loading never evicts it."""
         if self.tiers is None or match.miss_reason not in (MissReason.NEW, MissReason.EVICTED):
-            return []
+            return {}
         parent = match.nodes[-1] if match.nodes else self.tree.root(scope)
-        held, loaded = list(match.nodes), []
+        held, loaded = list(match.nodes), {}
         self.tree.lock(held)
         try:
             for part in parts[len(match.nodes):]:
@@ -212,7 +213,7 @@ class CacheManager:
                 parent = self.tree.insert(parent, part, found.payload, found.num_bytes, ttl_seconds=ttl)
                 self.tree.lock([parent])
                 held.append(parent)
-                loaded.append(parent)
+                loaded[parent] = found.tier
                 if found.pinned and parent.num_bytes <= self.tree.pin_room(scope):
                     self.tree.pin([parent])   # pins survive a restart while the tenant has room for them
         finally:

@@ -30,6 +30,7 @@ from segcache.cache.disk import DiskTier
 from segcache.cache.keys import ScopeKey, scope_key
 from segcache.cache.persistent import PersistentSegmentStore
 from segcache.cache.segments import SegmentStore
+from segcache.cache.shared import SharedTier
 from segcache.cache.tree import SegmentTree, SharePolicy
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import CacheManager
@@ -74,8 +75,10 @@ class Engine:
         self._tenants_by_scope: dict[ScopeKey, str] = {}
         # --disk-cache: KV files, and a manifest that also keeps the registry and segment texts
         self.disk = DiskTier(Path(config.disk_cache), config.disk_cache_bytes) if config.disk_cache else None
+        self.shared = SharedTier(config.shared_cache) if config.shared_cache else None   # --shared-cache redis://
+        tiers = Tiers(self.disk, self.shared) if self.disk or self.shared else None
         self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config)),
-                                  self.scope, config.cache_enabled, Tiers(self.disk) if self.disk else None)
+                                  self.scope, config.cache_enabled, tiers)
         self.segment_store = (PersistentSegmentStore(self.disk.manifest, config.segment_store_bytes) if self.disk
                               else SegmentStore(config.segment_store_bytes))
         runner = Runner(self.loaded, threads=torch.get_num_threads())
@@ -129,8 +132,9 @@ class Engine:
     def close(self) -> None:
         self._jobs.put(None)
         self._worker.join(timeout=30)
-        if self.disk is not None:
-            self.disk.close()
+        for tier in (self.disk, self.shared):
+            if tier is not None:
+                tier.close()
 
     # ---------------------------------------------------------------- clients
 

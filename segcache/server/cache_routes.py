@@ -158,6 +158,8 @@ async def metrics(request: Request) -> Response:
     services.metrics.observe_queue(services.engine.queue_snapshot())
     if services.engine.disk is not None:
         services.metrics.observe_disk(services.engine.disk)
+    if services.engine.shared is not None:
+        services.metrics.observe_shared(services.engine.shared)
     text = services.metrics.render(services.figures(), services.viewer(request))
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 

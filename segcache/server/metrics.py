@@ -84,6 +84,9 @@ class Metrics:
         self.disk_events = Gauge("segcache_disk_cache_events", "Disk tier events since start: writes, loads, "
                                  "corrupt (files failing verification: recomputed), evicted, write_errors",
                                  ["event"], registry=r)
+        self.shared_events = Gauge("segcache_shared_cache_events", "Shared tier events since start: writes, loads, "
+                                   "misses, corrupt, errors (store down or slow: recomputed), skipped", ["event"],
+                                   registry=r)
         self._queued_tenants: set[str] = set()
         self._positioned_tenants: set[str] = set()
         self.ttft = Histogram("segcache_ttft_seconds", "Time to first token", ["tenant"],
@@ -127,6 +130,11 @@ class Metrics:
         self.disk_bytes.set(disk.used_bytes())
         for event, count in dataclasses.asdict(disk.stats).items():
             self.disk_events.labels(event).set(count)
+
+    def observe_shared(self, shared) -> None:
+        """The shared tier's figures (a SharedTier), read when /metrics is asked."""
+        for event, count in dataclasses.asdict(shared.stats).items():
+            self.shared_events.labels(event).set(count)
 
     def observe_evictions(self, evictions: list[Eviction]) -> None:
         for eviction in evictions:
