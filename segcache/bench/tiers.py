@@ -6,16 +6,20 @@ generated, so the time is the time to first token):
     recompute  an engine with --cache-bytes 0: every token prefilled
     ram        the segment's nodes in the tree
     disk       the tree emptied (RAM eviction only), the nodes read back from --disk-cache files
-
-The shared tier (Valkey/Redis) is not built yet; its row says so.
+    shared     another replica (its own empty tree, no disk) reading what the first one computed from a
+               redis-server the benchmark starts on loopback (skipped when no server binary exists)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from segcache.bench.hit import build_texts
@@ -42,33 +46,70 @@ def run(args: argparse.Namespace) -> int:
     from segcache.engine.model import load_model
 
     loaded = load_model(args.model, args.dtype)
-    segment, messages = build_texts(loaded.tokenizer, args.segment_tokens, args.message_tokens, 1 + 3 * args.repeats)
-    with tempfile.TemporaryDirectory() as directory:
-        cached = Engine(ServeConfig(model=args.model, dtype=args.dtype, disk_cache=directory), loaded=loaded)
-        uncached = Engine(ServeConfig(model=args.model, dtype=args.dtype, cache_bytes=0), loaded=loaded)
+    segment, messages = build_texts(loaded.tokenizer, args.segment_tokens, args.message_tokens, 1 + 4 * args.repeats)
+    with tempfile.TemporaryDirectory() as directory, store(Path(directory)) as url:
+        config = ServeConfig(model=args.model, dtype=args.dtype, shared_cache=url)
+        engines = {"cached": Engine(replace(config, disk_cache=str(Path(directory) / "disk")), loaded=loaded),
+                   "replica": Engine(config, loaded=loaded) if url else None,
+                   "uncached": Engine(ServeConfig(model=args.model, dtype=args.dtype, cache_bytes=0), loaded=loaded)}
         try:
-            figures = sample(cached, uncached, segment, messages, args.repeats)
+            figures = sample(engines, segment, messages, args.repeats)
         finally:
-            cached.close()
-            uncached.close()
+            for engine in engines.values():
+                if engine is not None:
+                    engine.close()
     print(table(figures, args))
     if str(args.markdown) != "-":
         replace_section(args.markdown, SECTION, markdown(figures, args))
     return 0
 
 
-def sample(cached, uncached, segment: str, messages: list[str], repeats: int) -> dict[str, float]:
+@contextlib.contextmanager
+def store(directory: Path):
+    """A redis-server on a free loopback port (its URL), or None when no server binary exists."""
+    import redis
+
+    from segcache.server.launch import free_port
+
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                "no", "--maxmemory", "1gb", "--maxmemory-policy", "allkeys-lru", "--dir",
+                                str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis.from_url(url).ping()
+                break
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def sample(engines: dict, segment: str, messages: list[str], repeats: int) -> dict[str, float]:
     """Median seconds to the first token per tier; asserts each sample came from the tier it is filed under."""
     timed = lambda engine, message: _time(engine, segment, message)   # noqa: E731
+    cached, replica, uncached = engines["cached"], engines["replica"], engines["uncached"]
     timed(cached, messages[0])
     cached.disk.flush()
-    ram, disk, recompute = [], [], []
+    if cached.shared is not None:
+        cached.shared.flush()
+    samples: dict[str, list[float]] = {"ram": [], "disk": [], "shared": [], "recompute": []}
     for i in range(repeats):
-        ram.append(_expect(timed(cached, messages[1 + 3 * i]), "ram"))
+        samples["ram"].append(_expect(timed(cached, messages[1 + 4 * i]), "ram"))
         cached.cache.evict(1 << 60)   # RAM only: the files stay
-        disk.append(_expect(timed(cached, messages[2 + 3 * i]), "disk"))
-        recompute.append(_expect(timed(uncached, messages[3 + 3 * i]), None))
-    return {"ram": statistics.median(ram), "disk": statistics.median(disk), "recompute": statistics.median(recompute)}
+        samples["disk"].append(_expect(timed(cached, messages[2 + 4 * i]), "disk"))
+        if replica is not None:
+            replica.cache.evict(1 << 60)
+            samples["shared"].append(_expect(timed(replica, messages[3 + 4 * i]), "shared"))
+        samples["recompute"].append(_expect(timed(uncached, messages[4 + 4 * i]), None))
+    return {tier: statistics.median(values) for tier, values in samples.items() if values}
 
 
 def _time(engine, segment: str, message: str) -> tuple[float, object]:
@@ -93,9 +134,11 @@ def _expect(timed: tuple[float, object], tier: str | None) -> float:
 
 def table(figures: dict[str, float], args) -> str:
     rows = [f"{'served from':<12} {'TTFT (s)':>9} {'vs recompute':>13}"]
-    for tier in ("ram", "disk", "recompute"):
-        rows.append(f"{tier:<12} {figures[tier]:>9.3f} {figures['recompute'] / figures[tier]:>12.1f}x")
-    rows.append(f"{'shared':<12} {'n/a':>9} {'(not built)':>13}")
+    for tier in ("ram", "disk", "shared", "recompute"):
+        if tier in figures:
+            rows.append(f"{tier:<12} {figures[tier]:>9.3f} {figures['recompute'] / figures[tier]:>12.1f}x")
+        else:
+            rows.append(f"{tier:<12} {'n/a':>9}   (no redis-server)")
     return "\n".join(rows)
 
 
@@ -103,8 +146,9 @@ def markdown(figures: dict[str, float], args) -> str:
     lines = [f"`segcache bench tiers --model {args.model} --dtype {args.dtype} --repeats {args.repeats}`: a "
              f"{args.segment_tokens}-token segment + {args.message_tokens}-token message, engine only (no HTTP), one "
              "generated token, median of the samples. Disk = the tree emptied, KV read back from --disk-cache "
-             "files (checksum verified).", "", "| served from | TTFT (s) | speed-up vs recompute |", "|---|---|---|"]
-    for tier in ("ram", "disk", "recompute"):
-        lines.append(f"| {tier} | {figures[tier]:.3f} | {figures['recompute'] / figures[tier]:.1f}x |")
-    lines.append("| shared (Valkey/Redis) | not built yet | |")
+             "files; shared = a second replica with an empty tree reading it from a loopback redis-server "
+             "(both checksum verified).", "", "| served from | TTFT (s) | speed-up vs recompute |", "|---|---|---|"]
+    for tier in ("ram", "disk", "shared", "recompute"):
+        if tier in figures:
+            lines.append(f"| {tier} | {figures[tier]:.3f} | {figures['recompute'] / figures[tier]:.1f}x |")
     return "\n".join(lines) + "\n"
