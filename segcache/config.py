@@ -90,6 +90,13 @@ class ServeConfig:
                                       "a request that would exceed it waits (one always runs)", parse=parse_bytes)
     block_tokens: int = _flag(256, "tokens per prefill block: each prompt part is computed and cached in blocks "
                               "of at most this many tokens, so a part whose tail changed reuses its first blocks")
+    disk_cache: str | None = _flag(None, "directory for the disk tier: cached KV is written behind to one file per "
+                                   "node, with a SQLite manifest of the tree, the named segments and segment texts, "
+                                   "so a restarted server finds them again (default: RAM only)")
+    disk_cache_bytes: int = _flag(16 << 30, "bytes of KV files the disk tier keeps (LRU beyond)", parse=parse_bytes)
+    shared_cache: str | None = _flag(None, "a Valkey/Redis store (redis://HOST:PORT/DB) where replicas share node KV; "
+                                     "set its maxmemory and an LRU maxmemory-policy there. A store that is down "
+                                     "costs a recompute and a warning, never an error")
     trace_file: str | None = _flag(None, "append every request (parts, output, usage, timings) to this JSONL file")
     log_level: str = _flag("info", "uvicorn log level")
 
@@ -122,6 +129,11 @@ class ServeConfig:
             raise ValueError("--max-batch must be at least 1")
         if self.max_running_kv_bytes < 0:
             raise ValueError("--max-running-kv-bytes must not be negative")
+        if self.shared_cache is not None and not self.shared_cache.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--shared-cache must be a redis:// URL such as redis://127.0.0.1:6379/0, "
+                             f"got {self.shared_cache!r}")
+        if self.disk_cache_bytes < 0:
+            raise ValueError("--disk-cache-bytes must not be negative")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be at least 1")
 

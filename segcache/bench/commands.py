@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, constrained, hit, weights
+from segcache.bench import agents, apis, concurrent, constrained, hit, tiers, weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -16,3 +16,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     apis.register(bench_subcommands)    # segcache bench apis
     constrained.register(bench_subcommands)   # segcache bench constrained
     weights.register(bench_subcommands)  # segcache bench weights
+    tiers.register(bench_subcommands)   # segcache bench tiers

@@ -39,8 +39,9 @@ class SegmentStore:
         entries[hash_] = content
         self._used[tenant] = self._used.get(tenant, 0) + size
         while self._used[tenant] > self.capacity_bytes:
-            _, dropped = entries.popitem(last=False)
+            dropped_hash, dropped = entries.popitem(last=False)
             self._used[tenant] -= len(dropped.encode())
+            self._dropped(tenant, dropped_hash)
 
     def get(self, tenant: str, hash_: SegmentHash) -> str | None:
         entries = self._tenants.get(tenant)
@@ -52,6 +53,9 @@ class SegmentStore:
     def clear(self, tenant: str) -> None:
         self._tenants.pop(tenant, None)
         self._used.pop(tenant, None)
+
+    def _dropped(self, tenant: str, hash_: SegmentHash) -> None:
+        """Called when the LRU drops a text (a persistent store forgets it too)."""
 
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._tenants.values())

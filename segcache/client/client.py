@@ -62,6 +62,7 @@ class Client:
                              "with extra_body={'segments': [...]}")
         messages = [dict(m) for m in messages]
         segments = list(segments)
+        options = _with_affinity(options, segments)
         if not segments or not self.sends_segments:
             response = self._create(model, inline_messages(segments, messages), options)
             return self._audited(response, label, resent=False)
@@ -123,6 +124,20 @@ class Client:
     def _audited(self, response: ChatCompletion, label: str | None, resent: bool) -> ChatCompletion:
         self.audit.add(record_from_usage(response.model, _usage(response), label, resent))
         return response
+
+
+AFFINITY_HEADER = "X-Segcache-Affinity"
+
+
+def _with_affinity(options: dict[str, Any], segments: list[Segment]) -> dict[str, Any]:
+    """Add the header a cache-affine router hashes on (deploy/nginx.conf.template): the request's
+    prompt_cache_key, else its first segment's hash, so requests sharing a prefix reach one replica."""
+    key = options.get("prompt_cache_key") or (options.get("extra_body") or {}).get("prompt_cache_key")
+    key = key or (segments[0].hash if segments else None)
+    headers = dict(options.get("extra_headers") or {})
+    if key is None or any(name.lower() == AFFINITY_HEADER.lower() for name in headers):
+        return options
+    return {**options, "extra_headers": {**headers, AFFINITY_HEADER: key}}
 
 
 def _usage(response: ChatCompletion) -> dict[str, Any]:

@@ -13,13 +13,16 @@ sequences calls to it and reports what was evicted.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from segcache.cache.keys import ScopeKey
-from segcache.cache.tree import Eviction, MatchResult, Node, NodeLockedError, PartSpec, PinQuotaError, SegmentTree
+from segcache.cache.tree import (Eviction, MatchResult, MissReason, Node, NodeLockedError, PartSpec, PinQuotaError,
+                                 SegmentTree)
 from segcache.engine.prompt import PromptError
+from segcache.engine.tiers import RAM, Tiers
 
 T = TypeVar("T")
 EvictionObserver = Callable[[list[Eviction]], None]
@@ -31,6 +34,7 @@ class Acquired:
     scope: ScopeKey
     match: MatchResult
     parent: Node
+    tiers: tuple[str, ...] = ()   # per matched node: where its KV came from (ram | disk)
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,12 @@ class CacheInUseError(RuntimeError):
 
 
 class CacheManager:
-    def __init__(self, tree: SegmentTree, scope_of: Callable[[str], ScopeKey], enabled: bool):
-        """`scope_of(tenant)`: the tenant's scope under the served model; `enabled`: False = --cache-bytes 0."""
+    def __init__(self, tree: SegmentTree, scope_of: Callable[[str], ScopeKey], enabled: bool,
+                 tiers: Tiers | None = None):
+        """`scope_of(tenant)`: the tenant's scope under the served model; `enabled`: False = --cache-bytes 0;
+        `tiers`: where nodes spill to and load from below RAM (None: RAM only)."""
         self.tree = tree
+        self.tiers = tiers if enabled else None
         self.scope_of = scope_of
         self.enabled = enabled
         self.observers: list[EvictionObserver] = []
@@ -65,6 +72,9 @@ class CacheManager:
         with self._lock:
             self._notify(self.tree.evict(0))
             match = self.tree.match(scope, parts) if self.enabled else MatchResult([], 0, None)
+            loaded = self._load_below(scope, parts, match)
+            if loaded:
+                match = self.tree.match(scope, parts)
             if pin_cost is not None and (needed := pin_cost(match)) > (room := self.tree.pin_room(scope)):
                 raise pin_quota_error(needed, room, self.tree.pinned_bytes(scope))
             self.tree.lock(match.nodes)
@@ -73,7 +83,9 @@ class CacheManager:
                 if ttl is not None:
                     self.tree.set_ttl([node], ttl)
             parent = match.nodes[-1] if match.nodes else self.tree.root(scope)
-        return Acquired(scope, match, parent)
+            if self.tiers is not None:
+                self.tiers.touch(match.nodes)
+        return Acquired(scope, match, parent, tuple(loaded.get(n, RAM) for n in match.nodes))
 
     def extend(self, parent: Node, part: PartSpec, payload: object, num_bytes: int,
                ttl: float | None) -> Node | None:
@@ -90,6 +102,8 @@ class CacheManager:
             node = self.tree.insert(parent, part, payload, num_bytes, ttl_seconds=ttl)
             self.tree.lock([node])
             self.tree.touch([node], hit=False)
+            if self.tiers is not None and node.payload is payload:   # new here, not a concurrent twin
+                self.tiers.spill(node)
         return node
 
     def release(self, nodes: Sequence[Node]) -> None:
@@ -103,15 +117,21 @@ class CacheManager:
                 self.tree.pin(chain)
             except PinQuotaError as exc:  # checked in acquire; only a concurrent change lands here
                 raise pin_quota_error(exc.needed, exc.room, self.tree.pinned_bytes(scope)) from exc
+            if self.tiers is not None:
+                self.tiers.set_pinned(chain, True)
 
     def unpin(self, chain: Sequence[Node]) -> int:
         with self._lock:
+            if self.tiers is not None:
+                self.tiers.set_pinned(chain, False)
             return self.tree.unpin(chain)
 
     def unpin_tenant(self, tenant: str) -> int:
         """Unpin every node of the tenant's scope; the bytes unpinned."""
         scope = self.scope_of(tenant)
         with self._lock:
+            if self.tiers is not None:
+                self.tiers.unpin_scope(scope)
             return self.tree.unpin_scope(scope) if scope in self.tree.scopes() else 0
 
     def evict_to_capacity(self) -> None:
@@ -124,12 +144,13 @@ class CacheManager:
         """Drop the tenant's scope; the bytes freed. Raises CacheInUseError if a request holds part of it."""
         scope = self.scope_of(tenant)
         with self._lock:
-            if scope not in self.tree.scopes():
-                return 0
             try:
-                return self.tree.remove_scope(scope)
+                freed = self.tree.remove_scope(scope) if scope in self.tree.scopes() else 0
             except NodeLockedError as exc:
                 raise CacheInUseError(str(exc)) from exc
+            if self.tiers is not None:
+                self.tiers.clear_scope(scope)
+            return freed
 
     def inspect(self, tenant: str, describe: Callable[[int, Node], T], check: bool = False) -> list[T]:
         """describe(depth, node) for each of the tenant's nodes, read under the lock; `check` first
@@ -164,6 +185,40 @@ class CacheManager:
         """Free at least `num_bytes` of unlocked, unpinned nodes (operators and tests)."""
         with self._lock:
             self._notify(self.tree.evict(num_bytes))
+
+    def tiers_of(self, node: Node) -> list[str]:
+        """Where a node of the tree lives (call inside inspect's describe, under the lock)."""
+        return self.tiers.locations([node])[node] if self.tiers is not None else [RAM]
+
+    def _load_below(self, scope: ScopeKey, parts: Sequence[PartSpec], match: MatchResult) -> dict[Node, str]:
+        """Insert the parts after `match` that a lower tier holds, in order, until one misses; the loaded
+        nodes and the tier each came from.
+
+        Only a position never seen or evicted here is looked up (an expired one stays a miss; a boundary
+        miss has other token ids). The chain is locked while room is made, so loading never evicts it."""
+        if self.tiers is None or match.miss_reason not in (MissReason.NEW, MissReason.EVICTED):
+            return {}
+        parent = match.nodes[-1] if match.nodes else self.tree.root(scope)
+        held, loaded = list(match.nodes), {}
+        self.tree.lock(held)
+        try:
+            for part in parts[len(match.nodes):]:
+                found = self.tiers.load(scope, parent, part)
+                if found is None:
+                    break
+                overflow = self.tree.used_bytes + found.num_bytes - self.tree.capacity_bytes
+                if overflow > 0:
+                    self._notify(self.tree.evict(overflow))
+                ttl = None if found.expires_at is None else max(0.0, found.expires_at - time.time())
+                parent = self.tree.insert(parent, part, found.payload, found.num_bytes, ttl_seconds=ttl)
+                self.tree.lock([parent])
+                held.append(parent)
+                loaded[parent] = found.tier
+                if found.pinned and parent.num_bytes <= self.tree.pin_room(scope):
+                    self.tree.pin([parent])   # pins survive a restart while the tenant has room for them
+        finally:
+            self.tree.unlock(held)
+        return loaded
 
     def _notify(self, evictions: list[Eviction]) -> None:
         if evictions:

@@ -22,11 +22,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
+from segcache.cache.disk import DiskTier
 from segcache.cache.keys import ScopeKey, scope_key
+from segcache.cache.persistent import PersistentSegmentStore
 from segcache.cache.segments import SegmentStore
+from segcache.cache.shared import SharedTier
 from segcache.cache.tree import SegmentTree, SharePolicy
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import CacheManager
@@ -37,6 +41,7 @@ from segcache.engine.request import EngineRequest, Event
 from segcache.engine.runner import Runner
 from segcache.engine.scheduler import QueueSnapshot, Scheduler
 from segcache.engine.sequence import Sequence
+from segcache.engine.tiers import Tiers
 
 @dataclass
 class _Job:
@@ -68,9 +73,14 @@ class Engine:
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id, config.weights)
         self._tenants_by_scope: dict[ScopeKey, str] = {}
+        # --disk-cache: KV files, and a manifest that also keeps the registry and segment texts
+        self.disk = DiskTier(Path(config.disk_cache), config.disk_cache_bytes) if config.disk_cache else None
+        self.shared = SharedTier(config.shared_cache) if config.shared_cache else None   # --shared-cache redis://
+        tiers = Tiers(self.disk, self.shared) if self.disk or self.shared else None
         self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config)),
-                                  self.scope, config.cache_enabled)
-        self.segment_store = SegmentStore(config.segment_store_bytes)
+                                  self.scope, config.cache_enabled, tiers)
+        self.segment_store = (PersistentSegmentStore(self.disk.manifest, config.segment_store_bytes) if self.disk
+                              else SegmentStore(config.segment_store_bytes))
         runner = Runner(self.loaded, threads=torch.get_num_threads())
         self.batching: BatchingVerdict = decide_batching(
             config.batching, _distinct_projections(runner.lean) if runner.can_batch else None, self.loaded.dtype,
@@ -122,6 +132,9 @@ class Engine:
     def close(self) -> None:
         self._jobs.put(None)
         self._worker.join(timeout=30)
+        for tier in (self.disk, self.shared):
+            if tier is not None:
+                tier.close()
 
     # ---------------------------------------------------------------- clients
 

@@ -12,7 +12,7 @@ from collections import deque
 
 from segcache.cache.tree import MatchResult, Node, PinQuotaError
 from segcache.config import ServeConfig
-from segcache.engine.cache_manager import CacheManager
+from segcache.engine.cache_manager import Acquired, CacheManager
 from segcache.engine.blocks import Block, cached_tokens_per_part, complete_parts, plan_blocks
 from segcache.engine.decoding import Decoder
 from segcache.engine.constraint import Constraint, GrammarCompiler
@@ -109,7 +109,7 @@ class Executor:
         finally:
             self.end_prefill(sequence)
         queue_s = progress.started - sequence.queued_at
-        return self._report(sequence.request, sequence.prompt, progress.blocks, progress.acquired.match, chain,
+        return self._report(sequence.request, sequence.prompt, progress.blocks, progress.acquired, chain,
                             time.perf_counter() - progress.started, queue_s)
 
     def end_prefill(self, sequence: Sequence) -> None:
@@ -149,10 +149,12 @@ class Executor:
 
     # ---------------------------------------------------------------- reporting
 
-    def _report(self, request: EngineRequest, prompt: Prompt, blocks: list[Block], match: MatchResult,
+    def _report(self, request: EngineRequest, prompt: Prompt, blocks: list[Block], acquired: Acquired,
                 chain: list[Node], prefill_s: float, queue_s: float) -> PromptReport:
+        match, tiers = acquired.match, acquired.tiers
         cached = cached_tokens_per_part(blocks, len(prompt.parts), len(match.nodes))
         num_hit = complete_parts(blocks, len(match.nodes))
+        part_tiers = _tier_per_part(blocks, tiers, len(prompt.parts))
         receipts, parts = [], []
         missed_segment = False   # has a segment before this one been computed, wholly or in part?
         for index, part in enumerate(prompt.parts):
@@ -161,8 +163,8 @@ class Executor:
                           "hash": segment and segment.hash, "text": part.text, "tokens": len(part.token_ids),
                           "cached_tokens": cached[index]})
             if segment is not None:
-                receipts.append(_receipt(segment, len(part.token_ids), cached[index], index < num_hit,
-                                         missed_segment, match))
+                receipts.append(_receipt(segment, len(part.token_ids), cached[index], part_tiers[index],
+                                         index < num_hit, missed_segment, match))
                 missed_segment = missed_segment or index >= num_hit
         num_complete = complete_parts(blocks, len(chain))
         segment_keys = [p.key for p in prompt.parts[:num_complete] if p.kind in ("head", "segment")]
@@ -170,21 +172,43 @@ class Executor:
         return PromptReport(
             prompt_tokens=sum(len(p.token_ids) for p in prompt.parts), cached_tokens=match.num_tokens,
             receipts=tuple(receipts), parts=tuple(parts), chain_hash=_chain_hash(segment_keys),
-            expires_at=min(expiries) if expiries else None, prefill_s=prefill_s, queue_s=queue_s)
+            expires_at=min(expiries) if expiries else None, prefill_s=prefill_s, queue_s=queue_s,
+            tier_hits=_tier_hits(match.nodes, tiers))
 
 
-def _receipt(segment, tokens: int, cached: int, hit: bool, after_missed_segment: bool,
+def _tier_per_part(blocks: list[Block], tiers: tuple[str, ...], num_parts: int) -> list[str | None]:
+    """Where each part's cached blocks came from: the farthest tier any of them was loaded from
+    (ram < disk < shared), None when none was cached."""
+    order = {"ram": 0, "disk": 1, "shared": 2}
+    per_part: list[str | None] = [None] * num_parts
+    for block, tier in zip(blocks, tiers):
+        current = per_part[block.part_index]
+        if current is None or order.get(tier, 0) > order.get(current, 0):
+            per_part[block.part_index] = tier
+    return per_part
+
+
+def _tier_hits(nodes: list[Node], tiers: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """(tier, tokens, bytes) summed per tier over the matched chain, for the per-tier metrics."""
+    totals: dict[str, tuple[int, int]] = {}
+    for node, tier in zip(nodes, tiers):
+        tokens, num_bytes = totals.get(tier, (0, 0))
+        totals[tier] = (tokens + len(node.token_ids), num_bytes + node.num_bytes)
+    return tuple((tier, tokens, num_bytes) for tier, (tokens, num_bytes) in totals.items())
+
+
+def _receipt(segment, tokens: int, cached: int, tier: str | None, hit: bool, after_missed_segment: bool,
              match: MatchResult) -> Receipt:
     """Hit (every block), partial (its first blocks; the reason is why the next one missed) or computed:
-    for its own miss, or an earlier segment's (prefix_miss).
+    for its own miss, or an earlier segment's (prefix_miss). `tier`: where its cached blocks came from.
 
     A miss in template markup alone (the head, on a new scope) is reported as the segment's own.
     """
     if hit:
-        return Receipt(segment.id, segment.hash, tokens, tokens, "hit", None)
+        return Receipt(segment.id, segment.hash, tokens, tokens, "hit", None, tier)
     if cached:
         reason = match.miss_reason.value if match.miss_reason is not None else "new"
-        return Receipt(segment.id, segment.hash, tokens, cached, "partial", reason)
+        return Receipt(segment.id, segment.hash, tokens, cached, "partial", reason, tier)
     if after_missed_segment:
         reason = "prefix_miss"
     else:

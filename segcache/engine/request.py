@@ -53,6 +53,7 @@ class Receipt:
     cached_tokens: int
     status: str                                # hit | partial | computed
     reason: str | None                         # None on a hit; new | evicted | expired | boundary | prefix_miss
+    tier: str | None = None                    # on a hit, where the KV came from: ram | disk; None when computed
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class PromptReport:
     expires_at: float | None                   # earliest expiry (unix time) along the cached chain
     prefill_s: float
     queue_s: float
+    tier_hits: tuple[tuple[str, int, int], ...] = ()   # (tier, tokens, KV bytes) read from each tier
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from segcache.cache.persistent import PersistentRegistry
 from segcache.cache.registry import Registry
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
@@ -33,7 +34,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         except BatchingRefused as exc:   # say why in one line, not only in a traceback
             log.error("segcache: %s", exc)
             raise
-        registry = Registry(config.max_registry_entries, config.max_registry_bytes)
+        registry = (PersistentRegistry(running.disk.manifest, config.max_registry_entries, config.max_registry_bytes)
+                    if running.disk is not None else Registry(config.max_registry_entries, config.max_registry_bytes))
         services = Services(config=config, engine=running, keys=keys, metrics=Metrics(running.tenant_of_scope),
                             registry=registry, trace=_trace_writer(config))
         services.engine.cache.observers.append(services.metrics.observe_evictions)

@@ -67,8 +67,11 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     tenant = services.tenant(request)
     engine = services.engine
     scope = engine.scope(tenant)
+    def describe(depth: int, node) -> dict:
+        return {**_node_json(depth, node), "tiers": engine.cache.tiers_of(node)}
+
     try:
-        nodes = engine.cache.inspect(tenant, _node_json, check=check)
+        nodes = engine.cache.inspect(tenant, describe, check=check)
     except AssertionError as exc:
         raise ApiError(500, f"cache invariant broken: {exc}", "cache_inconsistent") from exc
     if format == "text":
@@ -76,7 +79,7 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     return {"object": "cache", "tenant": tenant, **({"check": "ok"} if check else {}), "model": engine.loaded.model_id, "scope": scope,
             "num_nodes": len(nodes), "tokens": sum(n["tokens"] for n in nodes),
             "bytes": sum(n["bytes"] for n in nodes), "capacity_bytes": services.config.cache_bytes,
-            "nodes": nodes}
+            "nodes": nodes, **({"disk": _disk_json(engine.disk, scope)} if engine.disk is not None else {})}
 
 
 @router.delete("/v1/cache")
@@ -153,6 +156,10 @@ async def delete_segment(name: str, request: Request) -> dict:
 async def metrics(request: Request) -> Response:
     services = services_of(request)
     services.metrics.observe_queue(services.engine.queue_snapshot())
+    if services.engine.disk is not None:
+        services.metrics.observe_disk(services.engine.disk)
+    if services.engine.shared is not None:
+        services.metrics.observe_shared(services.engine.shared)
     text = services.metrics.render(services.figures(), services.viewer(request))
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -166,6 +173,13 @@ def _check_name(name: str) -> None:
 def _entry_json(entry) -> dict:
     return {"object": "segment", "name": entry.name, "hash": entry.hash, "tokens": entry.tokens,
             "ttl_seconds": entry.ttl_seconds, "pin": entry.pin, "updated_at": entry.updated_at}
+
+
+def _disk_json(disk, scope: str) -> dict:
+    """This tenant's nodes on disk (also those not in RAM now, e.g. after a restart)."""
+    records = disk.manifest.nodes(scope)
+    return {"num_nodes": len(records), "tokens": sum(len(r.token_ids) for r in records),
+            "bytes": sum(r.file_bytes for r in records), "pinned": sum(1 for r in records if r.pinned)}
 
 
 def _node_json(depth: int, node) -> dict:

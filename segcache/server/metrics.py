@@ -7,6 +7,7 @@ series. The server-wide figures (`segcache_cache_bytes`, `segcache_queue_depth`,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +76,17 @@ class Metrics:
         self.running = Gauge("segcache_running_requests", "Requests prefilling or decoding", registry=r)
         self.running_kv_bytes = Gauge("segcache_running_kv_bytes", "KV buffer bytes held by running requests",
                                       registry=r)
+        self.tier_hit_tokens = Counter("segcache_tenant_tier_hit_tokens", "Prompt tokens this tenant read from "
+                                       "each cache tier (ram, disk)", ["tenant", "tier"], registry=r)
+        self.tier_hit_bytes = Counter("segcache_tenant_tier_hit_bytes", "KV bytes this tenant read from each "
+                                      "cache tier (ram, disk)", ["tenant", "tier"], registry=r)
+        self.disk_bytes = Gauge("segcache_disk_cache_bytes", "KV file bytes in the disk tier (all tenants)", registry=r)
+        self.disk_events = Gauge("segcache_disk_cache_events", "Disk tier events since start: writes, loads, "
+                                 "corrupt (files failing verification: recomputed), evicted, write_errors",
+                                 ["event"], registry=r)
+        self.shared_events = Gauge("segcache_shared_cache_events", "Shared tier events since start: writes, loads, "
+                                   "misses, corrupt, errors (store down or slow: recomputed), skipped", ["event"],
+                                   registry=r)
         self._queued_tenants: set[str] = set()
         self._positioned_tenants: set[str] = set()
         self.ttft = Histogram("segcache_ttft_seconds", "Time to first token", ["tenant"],
@@ -89,6 +101,9 @@ class Metrics:
         self.miss_tokens.labels(tenant).inc(report.prompt_tokens - report.cached_tokens)
         self.prefill_tokens.labels(tenant).inc(report.prompt_tokens - report.cached_tokens)
         self.prefill.labels(tenant).observe(report.prefill_s)
+        for tier, tokens, num_bytes in report.tier_hits:
+            self.tier_hit_tokens.labels(tenant, tier).inc(tokens)
+            self.tier_hit_bytes.labels(tenant, tier).inc(num_bytes)
 
     def observe_finished(self, tenant: str, finished: Finished, timings: dict) -> None:
         self.requests.labels(tenant).inc()
@@ -109,6 +124,17 @@ class Metrics:
             self.tenant_queue_position.labels(tenant).set(position)
         self.running.set(snapshot.running)
         self.running_kv_bytes.set(snapshot.running_kv_bytes)
+
+    def observe_disk(self, disk) -> None:
+        """The disk tier's figures (a DiskTier), read when /metrics is asked."""
+        self.disk_bytes.set(disk.used_bytes())
+        for event, count in dataclasses.asdict(disk.stats).items():
+            self.disk_events.labels(event).set(count)
+
+    def observe_shared(self, shared) -> None:
+        """The shared tier's figures (a SharedTier), read when /metrics is asked."""
+        for event, count in dataclasses.asdict(shared.stats).items():
+            self.shared_events.labels(event).set(count)
 
     def observe_evictions(self, evictions: list[Eviction]) -> None:
         for eviction in evictions:

@@ -213,7 +213,8 @@ def usage(report: PromptReport, completion_tokens: int) -> dict:
 
 def receipt_json(receipt: Receipt) -> dict:
     return {"id": receipt.id, "hash": receipt.hash, "tokens": receipt.tokens,
-            "cached_tokens": receipt.cached_tokens, "status": receipt.status, "reason": receipt.reason}
+            "cached_tokens": receipt.cached_tokens, "status": receipt.status, "reason": receipt.reason,
+            "tier": receipt.tier}
 
 
 def chat_completion(id_: str, model: str, text: str, finish_reason: str, usage_: dict, timings: dict) -> dict:

@@ -109,3 +109,17 @@ def test_an_error_that_is_not_about_segments_is_raised_and_changes_nothing(serve
     assert len(recorder.bodies) == 2  # the request and its inline repetition: both refused for the model
     ask(client, model)
     assert client.segments_mode == "segments"
+
+
+def test_requests_carry_an_affinity_header_for_cache_affine_routers(server):
+    """deploy/nginx.conf.template hashes on X-Segcache-Affinity: the first segment's hash by default."""
+    import httpx2
+
+    sent = []
+    http = httpx2.Client(event_hooks={"request": [lambda r: sent.append(r.headers.get("x-segcache-affinity"))]})
+    client = Client(server.base_url, http_client=http)
+    model = model_of(client)
+    ask(client, model)
+    client.chat(model=model, messages=QUESTION, segments=(SKILLS,), max_tokens=2, temperature=0,
+                extra_headers={"X-Segcache-Affinity": "session-7"})
+    assert sent[-2:] == [RULES.hash, "session-7"]
