@@ -34,8 +34,8 @@ from segcache.cache.keys import segment_hash
 from segcache.engine.prompt import SEGMENT_SEPARATOR, SegmentText
 from segcache.engine.tools import render_tool_call, tools_prompt
 from segcache.engine.request import SamplingParams, SegmentInput
-from segcache.server.anthropic_tools import ToolResultBlock, ToolUse, ToolUseBlock, validated
-from segcache.server.errors import ApiError
+from segcache.server.anthropic_tools import ToolResultBlock, ToolUse, ToolUseBlock
+from segcache.server.errors import ApiError, validated
 from segcache.server.protocol import Text
 
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}

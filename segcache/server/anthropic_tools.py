@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from segcache.engine.grammar import Grammar
 from segcache.engine.tools import ToolCall, ToolCallStream, parse_tool_calls
-from segcache.server.errors import ApiError
+from segcache.server.errors import ApiError, validated
 from segcache.server.generation import sse_data
 from segcache.server.tool_protocol import FunctionDef, FunctionName, NamedToolChoice, Tool, reply_grammar
 
@@ -61,16 +61,6 @@ class ToolResultBlock(BaseModel):
     content: str | list[dict] = ""
     is_error: bool = False
     cache_control: dict | None = None
-
-
-def validated(model: type[BaseModel], value, param: str):
-    """A pydantic model of `value`, or a 400 naming the first bad field."""
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join([param, *map(str, first["loc"])])
-        raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where) from None
 
 
 class ToolUse:

@@ -7,6 +7,7 @@ import json
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from segcache.engine.prompt import PromptError
@@ -74,3 +75,13 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}: " + json.dumps(
             [".".join(str(p) for p in e.get("loc", ()) if p != "body") for e in errors[1:4]]) + ")"
     return ApiError(422, message, "invalid_request", param)
+
+
+def validated(model: type[BaseModel], value, param: str):
+    """A pydantic model of `value`, or a 400 naming the first bad field."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join([param, *map(str, first["loc"])])
+        raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where) from None

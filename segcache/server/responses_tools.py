@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from segcache.engine.grammar import Grammar
 from segcache.engine.tools import ToolCall, ToolCallStream, parse_tool_calls, render_tool_call
 from segcache.server import protocol
-from segcache.server.errors import ApiError
+from segcache.server.errors import ApiError, validated
 from segcache.server.tool_protocol import FunctionDef, FunctionName, NamedToolChoice, Tool, reply_grammar
 
 
@@ -50,15 +50,6 @@ class FunctionOutputItem(BaseModel):
     status: str | None = None
 
 
-def _validated(model: type[BaseModel], value, param: str):
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join([param, *map(str, first["loc"])])
-        raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where) from None
-
-
 class FunctionTools:
     """What a request's `tools`, `tool_choice` and `parallel_tool_calls` mean for prompt, grammar and reply."""
 
@@ -76,7 +67,7 @@ class FunctionTools:
         if kind != "function":
             raise ApiError(400, f"{param}: tools of type {kind!r} are not supported; this server runs function "
                            "tools only", "unsupported_parameter", param)
-        return _validated(FunctionTool, tool, param)
+        return validated(FunctionTool, tool, param)
 
     @staticmethod
     def _chat_choice(choice):
@@ -112,7 +103,7 @@ def add_tool_item(messages: list[tuple[int, dict]], item: dict, index: int) -> N
     """A function_call joins the assistant turn before it (as chat's tool_calls do); an output is a tool turn."""
     param = f"input[{index}]"
     if item["type"] == "function_call":
-        call = _validated(FunctionCallItem, item, param)
+        call = validated(FunctionCallItem, item, param)
         text = render_tool_call(call.name, call.arguments)
         if messages and messages[-1][1]["role"] == "assistant":
             last = messages[-1][1]
@@ -120,7 +111,7 @@ def add_tool_item(messages: list[tuple[int, dict]], item: dict, index: int) -> N
         else:
             messages.append((index, {"role": "assistant", "content": text}))
         return
-    output = _validated(FunctionOutputItem, item, param)
+    output = validated(FunctionOutputItem, item, param)
     text = output.output if isinstance(output.output, str) else "".join(
         p.get("text", "") for p in output.output if isinstance(p, dict) and p.get("type") == "input_text")
     messages.append((index, {"role": "tool", "content": text}))
