@@ -61,6 +61,15 @@ class _Done:
     """End of a job's event stream."""
 
 
+@dataclass
+class DecodeStats:
+    """Decode work since start: steps, rows (one token of one sequence each) and seconds in the forwards.
+    rows / seconds is the engine's decode throughput with prefill and waiting left out."""
+    steps: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+
 class Engine:
     def __init__(self, config: ServeConfig, loaded: LoadedModel | None = None, tree: SegmentTree | None = None):
         """`loaded` and `tree` let tests share a model, or one tree between two configurations.
@@ -89,6 +98,7 @@ class Engine:
         self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._closing = False
+        self.decode_stats = DecodeStats()
         self._worker = threading.Thread(target=self._work, name="segcache-engine", daemon=True)
         self._worker.start()
 
@@ -218,6 +228,7 @@ class Engine:
 
     def _decode(self, sequences: list[Sequence]) -> None:
         runner = self.executor.runner
+        started = time.perf_counter()
         try:
             if self.batching.batched:
                 rows = runner.decode_batch([s.state for s in sequences], [s.decoder.last_token for s in sequences])
@@ -227,6 +238,9 @@ class Engine:
             for sequence in sequences:
                 self._fail(sequence, exc)
             return
+        stats = self.decode_stats
+        stats.steps, stats.rows, stats.seconds = (stats.steps + 1, stats.rows + len(sequences),
+                                                  stats.seconds + time.perf_counter() - started)
         for sequence, logits in zip(sequences, rows):
             self._choose(sequence, logits)
 

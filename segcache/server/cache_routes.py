@@ -156,6 +156,7 @@ async def delete_segment(name: str, request: Request) -> dict:
 async def metrics(request: Request) -> Response:
     services = services_of(request)
     services.metrics.observe_queue(services.engine.queue_snapshot())
+    services.metrics.observe_decode(services.engine.decode_stats)
     if services.engine.disk is not None:
         services.metrics.observe_disk(services.engine.disk)
     if services.engine.shared is not None:

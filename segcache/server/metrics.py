@@ -73,6 +73,8 @@ class Metrics:
                                         "running slot", ["tenant"], registry=r)
         self.tenant_queue_position = Gauge("segcache_tenant_queue_position", "Queue position of this tenant's "
                                            "oldest waiting request (0 = next to run)", ["tenant"], registry=r)
+        self.decode_work = Gauge("segcache_decode_work", "Decode forwards since start (all tenants): steps, rows "
+                                 "(tokens) and seconds spent in them", ["figure"], registry=r)
         self.running = Gauge("segcache_running_requests", "Requests prefilling or decoding", registry=r)
         self.running_kv_bytes = Gauge("segcache_running_kv_bytes", "KV buffer bytes held by running requests",
                                       registry=r)
@@ -124,6 +126,11 @@ class Metrics:
             self.tenant_queue_position.labels(tenant).set(position)
         self.running.set(snapshot.running)
         self.running_kv_bytes.set(snapshot.running_kv_bytes)
+
+    def observe_decode(self, stats) -> None:
+        """The engine's DecodeStats: decode tokens per second of decode forward = rows / seconds."""
+        for figure in ("steps", "rows", "seconds"):
+            self.decode_work.labels(figure).set(getattr(stats, figure))
 
     def observe_disk(self, disk) -> None:
         """The disk tier's figures (a DiskTier), read when /metrics is asked."""

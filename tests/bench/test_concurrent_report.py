@@ -16,3 +16,11 @@ def test_ratios_pair_each_client_count_with_the_unbatched_run():
     lines = ratios(runs, "segcache", "segcache-batching-off")
     assert lines == ["- 8 clients: output tok/s 4.00x of `--batching off`; wall 0.25x; TTFT p50 0.25x; latency p50 0.25x"]
     assert "| segcache | 16 | 16 | 10.0 | 51.2 |" in table(runs)
+
+
+def test_decode_throughput_is_rows_over_decode_seconds_and_compared_when_both_ran():
+    ours = ConcurrentRun("segcache", 8, 10.0, 1, (Timed(1.0, 2.0, 32),) * 8, decode_work=(248.0, 2.0))
+    off = ConcurrentRun("segcache-batching-off", 8, 40.0, 1, (Timed(4.0, 8.0, 32),) * 8, decode_work=(248.0, 8.0))
+    assert ours.decode_tokens_per_s == 124.0
+    assert "decode tok/s 4.00x; " in ratios([ours, off], "segcache", "segcache-batching-off")[0]
+    assert "| 124.0 |" in table([ours]) and "| - |" in table([run("llamacpp-cache", 8, 10.0, 1.0)])

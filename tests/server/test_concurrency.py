@@ -66,3 +66,7 @@ def test_sixty_four_concurrent_clients_all_complete_in_shared_batches(app_server
     assert runner.num_decode_forwards < runner.num_decode_tokens, "no decode step was shared"
     metrics = httpx.get(server.url + "/metrics").text
     assert 'segcache_running_requests 0.0' in metrics and 'segcache_tenant_queue_depth{tenant="default"} 0.0' in metrics
+    # decode work: each reply's first token comes from its prefill, the other five from decode rows
+    work = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith("segcache_decode_work{")}
+    assert work["rows"] == 64 * 5 and work["steps"] < work["rows"] and work["seconds"] > 0
