@@ -94,3 +94,13 @@ def test_bench_opencode_prints_and_writes_the_share_per_request(tiny_8k, tmp_pat
     assert [f["cached"]["128"]["served"] for f in figures] == expected
     assert "## opencode trace" in markdown.read_text()
     assert len(read_trace(TRACE).requests) == 4
+
+
+def test_analyze_with_the_recording_servers_blocks_equals_what_it_served(capsys):
+    # The trace was recorded by a server with --block-tokens 256; the tree metric over its recorded parts,
+    # cut into the same blocks, reads what that server read from its cache.
+    assert main(["analyze", str(TRACE), "--block-tokens", "256", "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["tree_hit_tokens"] == row["served_cached_tokens"] == 573 + 7082
+    assert main(["analyze", str(TRACE), "--block-tokens", "64", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["tree_hit_tokens"] == 573 + 7274
