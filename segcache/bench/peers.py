@@ -32,6 +32,7 @@ class PeerOptions:
     threads: int = os.cpu_count() or 1  # the same for every system
     n_ctx: int = 8192                   # llama.cpp's context; long enough for --scale up to ~3
     startup_timeout_s: float = 600.0    # the first start of segcache converts the default model
+    block_tokens: int | None = None     # segcache's --block-tokens (None: its default)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class SystemSpec:
             cache_bytes = "0" if self.reuse_model == "none" else options.cache_bytes
             return [sys.executable, "-m", "segcache", "serve", "--host", "127.0.0.1", "--port", str(port),
                     "--model", options.model, "--cache-bytes", cache_bytes, "--dtype", options.dtype,
-                    "--threads", str(options.threads)]
+                    "--threads", str(options.threads),
+                    *(["--block-tokens", str(options.block_tokens)] if options.block_tokens else [])]
         cache = ["--cache", "true", "--cache_type", "ram"] if self.reuse_model == "prefix-any" else []
         return [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(), "--host", "127.0.0.1",
                 "--port", str(port), "--n_threads", str(options.threads), "--logits_all", "false",

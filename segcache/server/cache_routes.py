@@ -79,6 +79,7 @@ async def inspect(request: Request, format: str = "json", check: bool = False):
     return {"object": "cache", "tenant": tenant, **({"check": "ok"} if check else {}), "model": engine.loaded.model_id, "scope": scope,
             "num_nodes": len(nodes), "tokens": sum(n["tokens"] for n in nodes),
             "bytes": sum(n["bytes"] for n in nodes), "capacity_bytes": services.config.cache_bytes,
+            "block_tokens": services.config.block_tokens,
             "nodes": nodes, **({"disk": _disk_json(engine.disk, scope)} if engine.disk is not None else {})}
 
 

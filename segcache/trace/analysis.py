@@ -13,6 +13,7 @@ from segcache.trace.readers import read_trace
 from segcache.trace.records import Trace
 from segcache.trace.report import TraceReport
 from segcache.trace.tokens import TokenizedRequest, Tokenizer, tokenize_trace
+from segcache.trace.tree_metric import DEFAULT_BLOCK_TOKENS
 
 _UNITS = {"": 1, "k": 1_000, "m": 1_000_000}
 
@@ -41,15 +42,17 @@ def default_pool_sizes(tokenized: Sequence[TokenizedRequest]) -> list[int]:
     return sorted({size for size in (longest // 4, longest // 2, longest, 2 * longest, 4 * longest) if size > 0})
 
 
-def analyze_trace(path: str | Path, tokenizer: Tokenizer, pool_sizes: Sequence[int] | None = ()) -> AnalyzedTrace:
-    """The unlimited pool, then an LRU sweep over `pool_sizes` (None: the default ladder; empty: no sweep)."""
+def analyze_trace(path: str | Path, tokenizer: Tokenizer, pool_sizes: Sequence[int] | None = (),
+                  block_tokens: int = DEFAULT_BLOCK_TOKENS) -> AnalyzedTrace:
+    """The unlimited pool, then an LRU sweep over `pool_sizes` (None: the default ladder; empty: no sweep);
+    the tree metric cuts parts into blocks of `block_tokens` like a server started with that --block-tokens."""
     trace = read_trace(path)
     tokenized = tokenize_trace(trace, tokenizer)
     sizes = default_pool_sizes(tokenized) if pool_sizes is None else pool_sizes
     served = [r.served_cached_tokens for r in trace.requests]
     report = TraceReport(
-        shapes=trace.shapes, unlimited=analyze(trace, tokenized),
-        sweep=tuple(analyze(trace, tokenized, size) for size in sizes),
+        shapes=trace.shapes, unlimited=analyze(trace, tokenized, block_tokens=block_tokens),
+        sweep=tuple(analyze(trace, tokenized, size, block_tokens) for size in sizes),
         served_cached_tokens=sum(served) if all(s is not None for s in served) else None)  # type: ignore[arg-type]
     return AnalyzedTrace(trace, tokenized, report)
 

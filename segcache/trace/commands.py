@@ -9,6 +9,7 @@ from pathlib import Path
 from segcache.trace.analysis import analyze_trace, parse_pool_sizes, write_outputs
 from segcache.trace.report import render_json, render_table
 from segcache.trace.tokens import load_tokenizer
+from segcache.trace.tree_metric import DEFAULT_BLOCK_TOKENS
 
 _TOKENIZER_HELP = ("tokenizer: 'default' (the served model's), 'tiny', a local tokenizer or model folder, a .gguf "
                    "file, or 'words' (whitespace words; no model, rough counts) (default: default)")
@@ -21,6 +22,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze.add_argument("traces", nargs="+", metavar="TRACE", help="JSONL trace files")
     analyze.add_argument("--tokenizer", default="default", help=_TOKENIZER_HELP)
     analyze.add_argument("--format", choices=("table", "json"), default="table")
+    analyze.add_argument("--block-tokens", type=int, default=DEFAULT_BLOCK_TOKENS, metavar="N",
+                         help="the tree metric cuts each part into blocks of N tokens, as a server started with "
+                              "this --block-tokens does (default: %(default)s, the server's default)")
     analyze.add_argument("--pool-tokens", type=parse_pool_sizes, default=None, metavar="SIZES",
                          help="also sweep LRU pool sizes in tokens, e.g. 8k,32k,128k (default: unlimited only)")
     analyze.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -54,7 +58,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
         # Plots get a default ladder of pool sizes unless sizes were given; a table sweeps only on request.
         pool_sizes = args.pool_tokens if args.pool_tokens is not None else (None if args.out else [])
-        analyzed = [analyze_trace(path, tokenizer, pool_sizes) for path in args.traces]
+        if args.block_tokens < 1:
+            raise ValueError("--block-tokens must be at least 1")
+        analyzed = [analyze_trace(path, tokenizer, pool_sizes, args.block_tokens) for path in args.traces]
     except (OSError, ValueError) as exc:
         print(f"segcache analyze: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ For each request, in order, against a pool of the earlier requests' input+output
 - prefix hit: the longest common prefix of its input with any pooled sequence;
 - substring hit: 4 tokens for each 4-token chunk of its input (chunks at stride 4 from the start) that
   occurs contiguously anywhere in the pooled sequences;
-- tree hit: what segcache's SegmentTree would reuse with each part (message) as a node, per tenant and model.
+- tree hit: what segcache's SegmentTree would reuse with each block of each part (message) as a node, per
+  tenant and model.
 Hit rate = hit tokens / all input tokens, the first request included. The pool is unlimited unless a
 size in tokens is given; then each metric's pool forgets least-recently-used tokens beyond it.
 """
@@ -19,7 +20,7 @@ import numpy as np
 from segcache.trace.pool import GRAM, LruPool, PrefixHasher, gram_keys
 from segcache.trace.records import Trace
 from segcache.trace.tokens import TokenizedRequest
-from segcache.trace.tree_metric import part_specs, tree_hits
+from segcache.trace.tree_metric import DEFAULT_BLOCK_TOKENS, part_specs, tree_hits
 
 METRICS = ("prefix", "substring", "tree")
 
@@ -58,10 +59,11 @@ class Analysis:
         return hits / np.maximum(total, 1)
 
 
-def analyze(trace: Trace, tokenized: Sequence[TokenizedRequest], pool_tokens: int | None = None) -> Analysis:
+def analyze(trace: Trace, tokenized: Sequence[TokenizedRequest], pool_tokens: int | None = None,
+            block_tokens: int = DEFAULT_BLOCK_TOKENS) -> Analysis:
     prefix = prefix_hits(tokenized, pool_tokens)
     substring = substring_hits(tokenized, pool_tokens)
-    specs = [part_specs(r.parts, t.part_token_ids) for r, t in zip(trace.requests, tokenized)]
+    specs = [part_specs(r.parts, t.part_token_ids, block_tokens) for r, t in zip(trace.requests, tokenized)]
     tree = tree_hits(specs, pool_tokens, [r.scope for r in trace.requests])
     requests = tuple(RequestHits(len(t.input_ids), p, int(s.sum()) * GRAM, h, s)
                      for t, p, s, h in zip(tokenized, prefix, substring, tree))

@@ -2,8 +2,9 @@
 
 Each request goes out as the server's own API expects it: the leading system block as a segment, the
 rest as messages (a prompt that is not ChatML goes to /v1/completions). The prediction builds the
-same prompt parts the server builds (segcache.engine.prompt, same tokenizer) and runs them through
-the tree metric, so on an unlimited cache the two must agree to the token; a disagreement points at
+same prompt parts the server builds (segcache.engine.prompt, same tokenizer), cuts them into the
+server's blocks (segcache.engine.blocks, its --block-tokens) and runs the blocks through the tree
+metric, so on an unlimited cache the two must agree to the token; a disagreement points at
 eviction, expiry, another tenant's traffic, or a bug.
 """
 
@@ -13,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from segcache.cache.keys import segment_hash
+from segcache.engine.blocks import plan_blocks
 from segcache.engine.prompt import SegmentText, build_chat_prompt, build_completion_prompt
 from segcache.trace import chatml
 from segcache.trace.records import TraceRequest
-from segcache.trace.tree_metric import PartSpec, tree_hits
+from segcache.trace.tree_metric import tree_hits
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -74,10 +76,13 @@ def replace_content(segment: dict, content: str) -> dict:
     return segment if content == segment["content"] else _segment(content, segment.get("id"))
 
 
-def predict(calls: Sequence[ReplayCall], tokenizer, pool_tokens: int | None = None) -> list[Prediction]:
-    """Input and cached tokens per call, from the server's prompt parts and the tree metric."""
+def predict(calls: Sequence[ReplayCall], tokenizer, block_tokens: int,
+            pool_tokens: int | None = None) -> list[Prediction]:
+    """Input and cached tokens per call: the server's prompt parts, cut into its blocks of at most
+    `block_tokens` tokens, through the tree metric (the last block is always computed)."""
     prompts = [_prompt(call, tokenizer) for call in calls]
-    cached = tree_hits([[PartSpec(p.key, p.token_ids) for p in prompt.parts] for prompt in prompts], pool_tokens)
+    blocks = [[block.spec for block in plan_blocks(prompt.parts, block_tokens)] for prompt in prompts]
+    cached = tree_hits(blocks, pool_tokens)
     return [Prediction(len(prompt.token_ids), hit) for prompt, hit in zip(prompts, cached)]
 
 

@@ -24,6 +24,13 @@ class ReplayRow:
     error: str | None = None
 
     @property
+    def cached_share(self) -> float | None:
+        """The share of the request's prompt tokens the server read from its cache."""
+        if self.cached_tokens is None or not self.input_tokens:
+            return None
+        return self.cached_tokens / self.input_tokens
+
+    @property
     def agrees(self) -> bool:
         return (self.error is None and self.cached_tokens == self.predicted_cached_tokens
                 and self.input_tokens == self.predicted_input_tokens)
@@ -44,15 +51,25 @@ def replay(trace: Trace, options: ReplayOptions, tokenizer) -> list[ReplayRow]:
     calls = [call_of(request) for request in trace.requests]
     if options.max_tokens_per_request is not None:
         calls = [truncate(call, tokenizer, options.max_tokens_per_request) for call in calls]
-    predictions = predict(calls, tokenizer)
     base_url = options.url.rstrip("/").removesuffix("/v1")
     client = openai.OpenAI(base_url=base_url + "/v1", api_key=options.api_key or "none", max_retries=0)
     model = options.model or client.models.list().data[0].id
+    headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     if not options.keep_cache:
-        headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         httpx.delete(base_url + "/v1/cache", headers=headers, timeout=60).raise_for_status()
+    predictions = predict(calls, tokenizer, server_block_tokens(base_url, headers))
     return [_send(client, model, index, call, prediction, options.max_output_tokens)
             for index, (call, prediction) in enumerate(zip(calls, predictions), 1)]
+
+
+def server_block_tokens(base_url: str, headers: dict) -> int:
+    """The server's --block-tokens, as its GET /v1/cache reports it: the prediction cuts parts the same way."""
+    response = httpx.get(base_url + "/v1/cache", headers=headers, timeout=60)
+    response.raise_for_status()
+    block_tokens = response.json().get("block_tokens")
+    if not isinstance(block_tokens, int):
+        raise ValueError(f"{base_url}/v1/cache does not report block_tokens: is this an older segcache?")
+    return block_tokens
 
 
 def _send(client: openai.OpenAI, model: str, index: int, call: ReplayCall, prediction: Prediction,
@@ -83,18 +100,20 @@ def _error_message(exc: openai.APIStatusError) -> str:
 
 
 def render_rows_json(rows: Sequence[ReplayRow]) -> str:
-    return json.dumps([{**asdict(row), "agrees": row.agrees} for row in rows], indent=2)
+    return json.dumps([{**asdict(row), "cached_share": row.cached_share, "agrees": row.agrees} for row in rows],
+                      indent=2)
 
 
 def render_rows_table(rows: Sequence[ReplayRow]) -> str:
     """Served beside predicted per request; disagreements marked with '!'."""
-    lines = [f"{'#':>4}  {'input served/predicted':>22}  {'cached served':>13}  {'cached predicted':>16}"]
+    lines = [f"{'#':>4}  {'input served/predicted':>22}  {'cached served':>13}  {'share':>6}  {'cached predicted':>16}"]
     for row in rows:
         served_input = "-" if row.input_tokens is None else f"{row.input_tokens:,}"
         served_cached = "-" if row.cached_tokens is None else f"{row.cached_tokens:,}"
+        share = "-" if row.cached_share is None else f"{row.cached_share:.1%}"
         flag = "" if row.agrees else "  ! " + (row.error or "differs")
         lines.append(f"{row.request:>4}  {served_input + ' / ' + format(row.predicted_input_tokens, ','):>22}  "
-                     f"{served_cached:>13}  {row.predicted_cached_tokens:>16,}{flag}")
+                     f"{served_cached:>13}  {share:>6}  {row.predicted_cached_tokens:>16,}{flag}")
     served = sum(row.cached_tokens or 0 for row in rows)
     predicted = sum(row.predicted_cached_tokens for row in rows)
     disagreements = sum(not row.agrees for row in rows)

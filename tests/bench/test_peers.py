@@ -19,6 +19,12 @@ def test_every_system_has_a_server_command():
         assert command[command.index("--n_threads") + 1] == "2"
 
 
+def test_segcache_gets_block_tokens_only_when_asked():
+    default = SYSTEMS["segcache"].command(8123, PeerOptions(model="tiny"))
+    sized = SYSTEMS["segcache"].command(8123, PeerOptions(model="tiny", block_tokens=64))
+    assert "--block-tokens" not in default and sized[sized.index("--block-tokens") + 1] == "64"
+
+
 def test_the_peer_runs_the_embedded_gguf_file():
     assert gguf_path().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     with open(gguf_path(), "rb") as model:

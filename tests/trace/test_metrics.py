@@ -141,3 +141,16 @@ def test_tree_keeps_tenants_and_models_apart_while_prefix_pools_everything():
     trace = trace_of({**log, "tenant": "acme"}, {**log, "tenant": "globex"}, {**log, "tenant": "acme"},
                      {"input": text, "output": "", "model": "other"})
     assert [(r.prefix, r.tree) for r in run(trace).requests] == [(0, 0), (22, 0), (22, 20), (22, 0)]
+
+
+def test_tree_reuses_the_blocks_of_a_part_before_its_changed_tail():
+    # A 703-token system message (700 words + 3) whose word 600 changes: with 256-token blocks the tree
+    # keeps blocks [0, 256) and [256, 512) of it; with 64-token blocks, every block before token 602.
+    head, tail = words("s", 600), words("t", 99)
+    first = {"input": chatml_input(("system", f"{head} a {tail}"), ("user", "hi")), "output": ""}
+    second = {"input": chatml_input(("system", f"{head} b {tail}"), ("user", "hi")), "output": ""}
+    trace = trace_of(first, second)
+    tokenized = tokenize_trace(trace, WordTokenizer())
+    assert [r.tree for r in analyze(trace, tokenized).requests] == [0, 512]
+    assert [r.tree for r in analyze(trace, tokenized, block_tokens=64).requests] == [0, 576]
+    assert analyze(trace, tokenized).requests[1].prefix == 602   # <|im_start|> system, then 600 words

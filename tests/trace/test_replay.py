@@ -59,7 +59,7 @@ def test_truncation_keeps_shared_beginnings_shared(chat_tokenizer):
 
 def test_prediction_of_a_repeated_request_reuses_all_but_its_last_part(chat_tokenizer):
     call = ReplayCall(({"id": "s", "hash": "", "content": SYSTEM},), ({"role": "user", "content": "hi"},))
-    first, second = predict([call, call], chat_tokenizer)
+    first, second = predict([call, call], chat_tokenizer, 256)
     assert first.cached_tokens == 0 and first.input_tokens == second.input_tokens
     generation_prompt = len(chat_tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
     assert second.cached_tokens == second.input_tokens - generation_prompt
