@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, constrained, hit, tiers, weights
+from segcache.bench import agents, apis, concurrent, constrained, hit, restart, tiers, weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -17,3 +17,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     constrained.register(bench_subcommands)   # segcache bench constrained
     weights.register(bench_subcommands)  # segcache bench weights
     tiers.register(bench_subcommands)   # segcache bench tiers
+    restart.register(bench_subcommands)   # segcache bench restart
