@@ -131,3 +131,14 @@ class RunFigures:
     def replicas(self) -> dict[str, int]:
         """Requests per replica (its address), in address order."""
         return dict(sorted(Counter(t.replica or "-" for t in self.turns).items()))
+
+    def ttft_percentile(self, percentile: float) -> float:
+        values = sorted(t.ttft_s for t in self.turns)
+        return values[min(len(values) - 1, round(percentile / 100 * (len(values) - 1)))]
+
+    def agents_per_replica(self) -> dict[str, int]:
+        """How many different agents each replica served, in address order."""
+        agents: dict[str, set[int]] = {}
+        for t in self.turns:
+            agents.setdefault(t.replica or "-", set()).add(t.agent_index)
+        return {replica: len(agents[replica]) for replica in sorted(agents)}

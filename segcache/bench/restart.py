@@ -31,7 +31,7 @@ from segcache.bench.agent_turns import AgentSession, RunFigures, run_in_order
 from segcache.bench.workload import Workload, build_workload
 from segcache.server.launch import free_port, wait_healthy
 
-SECTION = "Restart: the agents workload after a kill -9"
+SECTION = "6. Restart: the agents workload after a kill -9"
 BENCH_SECTION = "Cache tiers after a restart and across replicas"
 
 
