@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     load_before = os.getloadavg()[0]
     workload = build_workload(load_tokenizer("default"), scale=args.scale, turns=args.turns, max_tokens=args.max_tokens)
-    serve_flags = ["--model", args.model, "--dtype", args.dtype, "--threads", str(args.threads), "--log-level", "warning"]
+    serve_flags = ["--model", args.model, "--dtype", args.dtype, "--threads", str(args.threads),
+                   "--log-level", "warning"]
     runs = []
     for balance in balances:
         print(f"{balance}: starting {args.replicas} replicas", flush=True)

@@ -32,7 +32,6 @@ from segcache.bench.workload import Workload, build_workload
 from segcache.server.launch import free_port, wait_healthy
 
 SECTION = "6. Restart: the agents workload after a kill -9"
-BENCH_SECTION = "Cache tiers after a restart and across replicas"
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def restart_runs(name: str, workload: Workload, num_agents: int, flags: list[str
     finally:
         server.kill()   # kill -9: no shutdown, no flush of what is still queued
         server.wait()
-    print(f"  killed after the warm run; restarting", flush=True)
+    print("  killed after the warm run; restarting", flush=True)
     server, url, restart_s = start_server(flags, log_dir / "server-2.log")
     try:
         after = _run(url, workload, num_agents, replies)

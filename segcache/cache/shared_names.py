@@ -111,7 +111,8 @@ class SharedRegistry:
     def delete(self, tenant: str, name: str) -> bool:
         existed = self.get(tenant, name) is not None
         self.local.delete(tenant, name)
-        self.shared.write(name_key(tenant, name), json.dumps({"tenant": tenant, "name": name, "deleted": True}).encode())
+        tombstone = {"tenant": tenant, "name": name, "deleted": True}
+        self.shared.write(name_key(tenant, name), json.dumps(tombstone).encode("utf-8"))
         return existed
 
     def list(self, tenant: str) -> list[NamedSegment]:
