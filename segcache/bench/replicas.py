@@ -33,6 +33,7 @@ from segcache.server.launch import free_port
 SECTION = "7. Replicas: cache affinity vs round-robin"
 ROOT = Path(__file__).resolve().parents[2]
 BALANCES = ("affinity", "round-robin")
+ROUTINGS = BALANCES + tuple(f"{b}:no-store" for b in BALANCES)   # :no-store: replicas without --shared-cache
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def register(bench_subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=float, default=0.5, help="block sizes x this (A=1500, B/C=500, D/E=100)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--balances", default=",".join(BALANCES), help="comma-separated, of %(default)s")
+    parser.add_argument("--balances", default=",".join(BALANCES),
+                        help=f"comma-separated, of {', '.join(ROUTINGS)} (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help=f"rewrite the '## {SECTION}' section of this file")
     parser.set_defaults(run=run)
 
@@ -63,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from segcache.engine.model import load_tokenizer
 
     balances = [b.strip() for b in args.balances.split(",") if b.strip()]
-    if not balances or any(b not in BALANCES for b in balances):
-        print(f"--balances takes {', '.join(BALANCES)}", file=sys.stderr)
+    if not balances or any(b not in ROUTINGS for b in balances):
+        print(f"--balances takes {', '.join(ROUTINGS)}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
     workload = build_workload(load_tokenizer("default"), scale=args.scale, turns=args.turns, max_tokens=args.max_tokens)
@@ -85,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
 def cluster_run(balance: str, num_replicas: int, num_agents: int, workload: Workload, serve_flags: list[str],
                 run_dir: Path | None = None) -> ClusterRun:
-    """A fresh cluster with this routing, the agents at once, the cluster stopped."""
-    run_dir = run_dir or Path(tempfile.mkdtemp(prefix=f"segcache-replicas-{balance}-"))
+    """A fresh cluster with this routing (`balance`, or `balance:no-store`), the agents at once, the cluster stopped."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="segcache-replicas-"))
     port = free_port()
+    nginx_balance, _, no_store = balance.partition(":")
     command = [str(ROOT / "deploy" / "cluster"), "--replicas", str(num_replicas), "--port", str(port),
-               "--balance", balance, "--", *serve_flags]
+               "--balance", nginx_balance, *(["--no-shared-cache"] if no_store else []), "--", *serve_flags]
     started = time.perf_counter()
     with open(run_dir / "cluster.log", "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -159,8 +162,8 @@ def _body(args: argparse.Namespace, workload: Workload, runs: list[ClusterRun], 
     return "\n".join([
         f"Command: `{command.strip()}`",
         "",
-        f"{args.replicas} replicas (`--threads {args.threads}` each) sharing one redis-server, behind nginx; a fresh "
-        f"cluster per routing. {args.agents} agents at once (agent i has the blocks of workload agent i mod 4; "
+        f"{args.replicas} replicas (`--threads {args.threads}` each) sharing one redis-server (`:no-store`: "
+        f"without `--shared-cache`), behind nginx; a fresh cluster per routing. {args.agents} agents at once (agent i has the blocks of workload agent i mod 4; "
         f"blocks {sizes} tokens), {args.turns} turns each (agent 4's kind joins one round late), "
         f"{workload.max_tokens} completion tokens, greedy, streamed with the openai SDK, each agent sending "
         f"`X-Segcache-Affinity: agent-<i>`. Model: {model}. Requests and agents per replica: in replica order. "

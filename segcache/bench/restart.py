@@ -147,6 +147,20 @@ def table(runs: list[RestartRuns]) -> str:
     return "\n".join(lines)
 
 
+def kept(runs: list[RestartRuns]) -> list[str]:
+    """What each restart kept: of the tokens the warm run cached beyond the cold run's in-run reuse (the
+    cache's state before the kill), the share the run after the restart also cached."""
+    lines = []
+    for r in runs:
+        before = r.warm.cached_tokens - r.cold.cached_tokens
+        kept_tokens = r.after.cached_tokens - r.cold.cached_tokens
+        lines.append(f"- {r.server}: the restart kept {kept_tokens} of the {before} tokens the warm run cached "
+                     f"beyond a cold run ({_ratio(kept_tokens, before)}); after/warm cached tokens "
+                     f"{_ratio(r.after.cached_tokens, r.warm.cached_tokens)}; TTFT p50 after/warm "
+                     f"{r.after.ttft_p50() / r.warm.ttft_p50():.2f}x")
+    return lines
+
+
 def _body(args: argparse.Namespace, workload: Workload, runs: list[RestartRuns], load_before: float) -> str:
     command = "segcache bench restart " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "restart"] else [])
     sizes = ", ".join(f"{b.name}={b.num_tokens}" for b in workload.blocks)
@@ -162,4 +176,6 @@ def _body(args: argparse.Namespace, workload: Workload, runs: list[RestartRuns],
         f"Machine: {os.cpu_count()} cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
         "",
         table(runs),
+        "",
+        *kept(runs),
     ])

@@ -1,6 +1,6 @@
 """`segcache bench restart` at its smallest, on the tiny model: real servers, a real kill -9 (mechanics only)."""
 
-from segcache.bench.restart import restart_runs, table
+from segcache.bench.restart import kept, restart_runs, table
 from segcache.bench.workload import build_workload
 
 
@@ -12,3 +12,4 @@ def test_the_disk_tier_serves_the_warm_runs_cached_tokens_after_a_kill(tokenizer
     assert runs.after.tiers().get("disk", 0) > 0          # the first request read the segments from disk
     assert runs.after.turns[0].cached_tokens == runs.warm.turns[0].cached_tokens
     assert "after kill -9" in table([runs])
+    assert "(100.0%)" in kept([runs])[0]
