@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, constrained, hit, opencode, tiers, weights
+from segcache.bench import agents, apis, concurrent, constrained, hit, opencode, replicas, restart, tiers, weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,3 +18,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     weights.register(bench_subcommands)  # segcache bench weights
     tiers.register(bench_subcommands)   # segcache bench tiers
     opencode.register(bench_subcommands)  # segcache bench opencode
+    restart.register(bench_subcommands)   # segcache bench restart
+    replicas.register(bench_subcommands)  # segcache bench replicas

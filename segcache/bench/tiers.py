@@ -151,4 +151,7 @@ def markdown(figures: dict[str, float], args) -> str:
     for tier in ("ram", "disk", "shared", "recompute"):
         if tier in figures:
             lines.append(f"| {tier} | {figures[tier]:.3f} | {figures['recompute'] / figures[tier]:.1f}x |")
+    lines += ["", "The agents workload after a kill -9 and restart on the same --disk-cache (`segcache bench restart`) "
+              "and 3 replicas behind nginx, affinity vs round-robin (`segcache bench replicas`): RELIABILITY.md "
+              "sections 6 and 7."]
     return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ class SharedTier:
         self.stats = SharedStats()
         self._clock = clock
         self._down_until = 0.0
-        self._queue: queue.Queue[tuple | None] = queue.Queue()
+        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue()   # jobs for the writer
         self._writer = threading.Thread(target=self._write_loop, name="segcache-shared", daemon=True)
         self._writer.start()
 
@@ -56,7 +56,8 @@ class SharedTier:
     def put(self, scope: str, chain_key: str, part_key: str, token_ids: tuple[int, ...],
             encode: Callable[[], Encoded]) -> None:
         """Queue a node for the store; `encode()` runs on the writer thread."""
-        self._queue.put((header_fields(scope, chain_key, part_key, token_ids), encode))
+        fields = header_fields(scope, chain_key, part_key, token_ids)
+        self._queue.put(lambda: self._write_node(fields, encode))
 
     def get(self, scope: str, chain_key: str, part_key: str, token_ids: tuple[int, ...]) -> Encoded | None:
         data = self._call(lambda: self._client.get(self.key(scope, chain_key)))
@@ -80,7 +81,7 @@ class SharedTier:
 
     def flush(self, timeout: float = 60.0) -> None:
         done = threading.Event()
-        self._queue.put((None, done.set))
+        self._queue.put(done.set)
         done.wait(timeout)
 
     def close(self) -> None:
@@ -89,20 +90,41 @@ class SharedTier:
         self._writer.join(timeout=10)
         self._client.close()
 
+    # ------------------------------------------------- plain values (segment texts, registry entries)
+
+    def read(self, key: str) -> bytes | None:
+        return self._call(lambda: self._client.get(key))
+
+    def write(self, key: str, value: bytes) -> bool:
+        """Now, on the caller's thread; False when the store is down (the caller goes on without it)."""
+        return bool(self._call(lambda: self._client.set(key, value)))
+
+    def write_later(self, key: str, value: bytes) -> None:
+        self._queue.put(lambda: self._call(lambda: self._client.set(key, value)))
+
+    def keys(self, pattern: str) -> list[str]:
+        found = self._call(lambda: [k.decode() for k in self._client.scan_iter(pattern)])
+        return found or []
+
+    def delete(self, *keys: str) -> None:
+        if keys:
+            self._call(lambda: self._client.delete(*keys))
+
+    # ------------------------------------------------- private
+
     def _write_loop(self) -> None:
         while (job := self._queue.get()) is not None:
-            fields, encode = job
-            if fields is None:
-                encode()   # a flush marker
-                continue
-            try:
-                meta, payload = encode()
-            except Exception:   # noqa: BLE001 - a payload that cannot be encoded is just not shared
-                log.exception("segcache: could not encode node %s for the shared cache", fields["chain_key"][:12])
-                continue
-            blob = pack_header(fields, meta, payload) + payload
-            if self._call(lambda: self._client.set(self.key(fields["scope"], fields["chain_key"]), blob)):
-                self.stats.writes += 1
+            job()
+
+    def _write_node(self, fields: dict, encode: Callable[[], Encoded]) -> None:
+        try:
+            meta, payload = encode()
+        except Exception:   # noqa: BLE001 - a payload that cannot be encoded is just not shared
+            log.exception("segcache: could not encode node %s for the shared cache", fields["chain_key"][:12])
+            return
+        blob = pack_header(fields, meta, payload) + payload
+        if self._call(lambda: self._client.set(self.key(fields["scope"], fields["chain_key"]), blob)):
+            self.stats.writes += 1
 
     def _call(self, operation: Callable[[], object]) -> object | None:
         """operation() or None when the store is down, slow or refusing (then left alone for a while)."""

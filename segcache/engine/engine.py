@@ -29,6 +29,7 @@ import torch
 from segcache.cache.disk import DiskTier
 from segcache.cache.keys import ScopeKey, scope_key
 from segcache.cache.persistent import PersistentSegmentStore
+from segcache.cache.shared_names import SharedSegmentStore
 from segcache.cache.segments import SegmentStore
 from segcache.cache.shared import SharedTier
 from segcache.cache.tree import SegmentTree, SharePolicy
@@ -88,8 +89,10 @@ class Engine:
         tiers = Tiers(self.disk, self.shared) if self.disk or self.shared else None
         self.cache = CacheManager(tree or SegmentTree(config.cache_bytes, clock=time.time, shares=_share_policy(config)),
                                   self.scope, config.cache_enabled, tiers)
-        self.segment_store = (PersistentSegmentStore(self.disk.manifest, config.segment_store_bytes) if self.disk
-                              else SegmentStore(config.segment_store_bytes))
+        texts = (PersistentSegmentStore(self.disk.manifest, config.segment_store_bytes) if self.disk
+                 else SegmentStore(config.segment_store_bytes))
+        # --shared-cache: texts another replica was sent resolve here too (hash-only references)
+        self.segment_store = SharedSegmentStore(texts, self.shared) if self.shared else texts
         runner = Runner(self.loaded, threads=torch.get_num_threads())
         self.batching: BatchingVerdict = decide_batching(
             config.batching, _distinct_projections(runner.lean) if runner.can_batch else None, self.loaded.dtype,

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from segcache.cache.persistent import PersistentRegistry
 from segcache.cache.registry import Registry
+from segcache.cache.shared_names import SharedRegistry
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
 from segcache.engine.invariance import BatchingRefused
@@ -34,8 +35,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         except BatchingRefused as exc:   # say why in one line, not only in a traceback
             log.error("segcache: %s", exc)
             raise
-        registry = (PersistentRegistry(running.disk.manifest, config.max_registry_entries, config.max_registry_bytes)
-                    if running.disk is not None else Registry(config.max_registry_entries, config.max_registry_bytes))
+        registry = _registry(config, running)
         services = Services(config=config, engine=running, keys=keys, metrics=Metrics(running.tenant_of_scope),
                             registry=registry, trace=_trace_writer(config))
         services.engine.cache.observers.append(services.metrics.observe_evictions)
@@ -56,6 +56,13 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     install_openapi(app)
     return app
+
+
+def _registry(config: ServeConfig, engine: Engine):
+    """Named segments: in the disk tier's manifest with --disk-cache, shared by replicas with --shared-cache."""
+    limits = (config.max_registry_entries, config.max_registry_bytes)
+    local = PersistentRegistry(engine.disk.manifest, *limits) if engine.disk is not None else Registry(*limits)
+    return SharedRegistry(local, engine.shared) if engine.shared is not None else local
 
 
 def _trace_writer(config: ServeConfig):

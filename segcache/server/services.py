@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from segcache.cache.registry import Registry
+from segcache.cache.shared_names import SharedRegistry
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
 from segcache.engine.request import EngineRequest, Finished, PromptReport
@@ -23,7 +24,7 @@ class Services:
     engine: Engine
     keys: KeyMap
     metrics: Metrics
-    registry: Registry = field(default_factory=Registry)
+    registry: Registry | SharedRegistry = field(default_factory=Registry)   # SharedRegistry with --shared-cache
     trace: object | None = None          # a TraceWriter when --trace-file is set
     started_at: int = field(default_factory=lambda: int(time.time()))
     shutdown: Shutdown = field(default_factory=Shutdown)

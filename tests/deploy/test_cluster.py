@@ -64,3 +64,9 @@ def test_affinity_keeps_a_key_on_one_replica_and_the_store_serves_the_other(clus
             break
     assert replica != first
     assert (receipt["status"], receipt["tier"]) == ("hit", "shared")
+
+
+def test_an_unknown_balance_is_refused_before_anything_starts():
+    result = subprocess.run([str(ROOT / "deploy" / "cluster"), "--balance", "random"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "--balance must be affinity or round-robin" in result.stderr
