@@ -2,7 +2,7 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, constrained, hit, tiers, weights
+from segcache.bench import agents, apis, concurrent, constrained, decode, hit, tiers, weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -16,4 +16,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     apis.register(bench_subcommands)    # segcache bench apis
     constrained.register(bench_subcommands)   # segcache bench constrained
     weights.register(bench_subcommands)  # segcache bench weights
+    decode.register(bench_subcommands)   # segcache bench decode
     tiers.register(bench_subcommands)   # segcache bench tiers
