@@ -2,7 +2,8 @@
 
 import argparse
 
-from segcache.bench import agents, apis, concurrent, constrained, hit, opencode, replicas, restart, tiers, weights
+from segcache.bench import (agents, apis, concurrent, constrained, decode, hit, opencode, replicas, restart, tiers,
+                           weights)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -16,6 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     apis.register(bench_subcommands)    # segcache bench apis
     constrained.register(bench_subcommands)   # segcache bench constrained
     weights.register(bench_subcommands)  # segcache bench weights
+    decode.register(bench_subcommands)   # segcache bench decode
     tiers.register(bench_subcommands)   # segcache bench tiers
     opencode.register(bench_subcommands)  # segcache bench opencode
     restart.register(bench_subcommands)   # segcache bench restart

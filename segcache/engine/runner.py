@@ -116,8 +116,16 @@ class Runner:
 
     @torch.inference_mode()
     def decode_step(self, state: PrefillState, token_id: int) -> torch.Tensor:
-        """Feed one generated token; return the next logits (vocab,). Decode KV is never stored."""
-        state.last_logits = self._forward(state, (token_id,))
+        """Feed one generated token; return the next logits (vocab,). Decode KV is never stored.
+
+        On the lean forward, a lone step is a batched decode step of one sequence: the same ops, so a
+        sequence's bits do not depend on whether its steps were batched (given row-invariant linears)."""
+        if self.lean is not None:
+            _use_threads(1)
+            state.last_logits = self.lean.decode((state.cache,), (state.num_tokens,),
+                                                 torch.tensor((token_id,), dtype=torch.long))[0]
+        else:
+            state.last_logits = self._forward(state, (token_id,))
         state.num_tokens += 1
         self.num_decode_tokens += 1
         self.num_decode_forwards += 1

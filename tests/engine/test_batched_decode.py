@@ -1,5 +1,6 @@
 """The batched decode forward: every sequence's logits at every step equal those of its lone decode."""
 
+import pytest
 import torch
 
 from segcache.engine.runner import Runner
@@ -32,3 +33,22 @@ def test_each_row_of_a_batched_decode_equals_its_lone_decode_bit_for_bit(load):
     for prompt, history in zip(PROMPTS, batched):
         for step, (got, want) in enumerate(zip(history, lone_logits(runner, prompt, steps))):
             assert torch.equal(got, want), f"prompt of {len(prompt)} tokens, step {step}: logits differ"
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int4"])
+def test_sixteen_rows_each_get_the_bits_of_their_lone_decode(load, weights):
+    """The largest default batch, in the default weight format too: rows of 5..20 tokens of context."""
+    runner = Runner(load("default", "bfloat16", weights))
+    prompts = [tuple(range(100 + row, 105 + 2 * row)) for row in range(16)]
+    steps = 2
+    states = []
+    for prompt in prompts:
+        state = runner.start([], len(prompt) + steps)
+        runner.prefill_part(state, prompt)
+        states.append(state)
+    batched = [[s.last_logits] for s in states]
+    for _ in range(steps):
+        for history, row in zip(batched, runner.decode_batch(states, [int(h[-1].argmax()) for h in batched])):
+            history.append(row)
+    for prompt, history in zip(prompts, batched):
+        assert all(torch.equal(got, want) for got, want in zip(history, lone_logits(runner, prompt, steps)))

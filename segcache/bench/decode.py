@@ -1,0 +1,98 @@
+"""`segcache bench decode`: the cost of one decode token, alone and in a batched step, per weight format.
+
+A quick companion of `segcache bench weights` (which also measures prefill and quality): each format
+runs in its own process (segcache.bench.decode_probe), one after another, so no two measurements
+share the cores. Figures per format:
+
+    single stream   tokens/s of one sequence over `--steps` greedy decode steps (after a 32-token prompt)
+    batched step    one `decode_batch` forward of `--batch` sequences (prompts of 32..47 tokens):
+                    ms per step, aggregate tokens/s, and the per-row share (ms per step / batch)
+
+When llama-cpp-python is importable, its single-stream decode on the same GGUF joins the table (one
+thread, as segcache's decode runs on one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from segcache.bench.markdown import replace_section
+
+SECTION = "Decode cost per token"
+FORMATS = (("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4"))
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser("decode", help="decode tokens/s per weight format, alone and batched")
+    parser.add_argument("--model", default="default", help="default | a .gguf file | a model folder")
+    parser.add_argument("--steps", type=int, default=128, help="timed single-stream decode steps")
+    parser.add_argument("--batch", type=int, default=16, help="rows of the batched decode step")
+    parser.add_argument("--batch-steps", type=int, default=16, help="timed batched decode steps")
+    parser.add_argument("--formats", default=",".join(w for _, w in FORMATS), help="comma-separated subset")
+    parser.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python even if installed")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
+                        help="BENCHMARKS.md to update ('-' to leave it alone)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    wanted = args.formats.split(",")
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = [probe(args, dtype, weights, Path(scratch) / f"{weights}.json") for dtype, weights in FORMATS
+                if weights in wanted]
+        if not args.no_peer and importlib.util.find_spec("llama_cpp") is not None and args.model == "default":
+            rows.append(probe(args, "q4_1", "llama-cpp-python", Path(scratch) / "peer.json"))
+    print("per CPU-second of the probe process:\n" + table(rows, "cpu"))
+    print("per wall-clock second:\n" + table(rows, "wall"))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if str(args.markdown) != "-":
+        replace_section(args.markdown, SECTION, markdown(rows, args))
+    return 0
+
+
+def probe(args: argparse.Namespace, dtype: str, weights: str, out: Path) -> dict:
+    print(f"measuring {dtype}/{weights} ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "segcache.bench.decode_probe", "--model", args.model, "--dtype", dtype,
+                    "--weights", weights, "--out", str(out), "--steps", str(args.steps),
+                    "--batch", str(args.batch), "--batch-steps", str(args.batch_steps)], check=True)
+    return json.loads(out.read_text())
+
+
+def table(rows: list[dict], clock: str = "cpu") -> str:
+    """One row per format; `clock`: 'cpu' (tokens per CPU-second of the process) or 'wall'."""
+    bf16 = next((r for r in rows if r["format"] == "bf16"), None)
+    lines = [f"| format | single stream tok/s (x bf16) | batched step ms | batched tok/s (x single) "
+             f"| per-row share (ms) |", "|---|---|---|---|---|"]
+    for r in rows:
+        rate = r["single_tok_s"][clock]
+        single = f"{rate:.1f}" + (f" ({rate / bf16['single_tok_s'][clock]:.2f}x)" if bf16 else "")
+        if r.get("batch_step_ms") is None:
+            lines.append(f"| {r['dtype']}/{r['format']} | {single} | - | - | - |")
+            continue
+        step_ms = r["batch_step_ms"][clock]
+        batched = r["batch"] * 1000 / step_ms
+        lines.append(f"| {r['dtype']}/{r['format']} | {single} | B={r['batch']}: {step_ms:.1f}"
+                     f" | {batched:.1f} ({batched / rate:.2f}x) | {step_ms / r['batch']:.2f} |")
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    peer = ("llama-cpp-python: the same GGUF through `Llama(n_threads=1)`, tokens/s of its own decode loop"
+            if any(r["format"] == "llama-cpp-python" for r in rows) else
+            "llama-cpp-python is not installed here: no peer row in this run")
+    return "\n\n".join([
+        f"Each format in its own process, on the engine's runner (no HTTP), one thread: single stream = "
+        f"{args.steps} greedy decode steps after a 32-token prompt; batched = {args.batch_steps} steps of one "
+        f"forward over {args.batch} sequences (prompts of 32..{31 + args.batch} tokens). {peer}.",
+        f"Command: `segcache bench decode --model {args.model} --steps {args.steps} --batch {args.batch} "
+        f"--batch-steps {args.batch_steps}`",
+        "Tokens per CPU-second of the process (the steadier figure on a shared machine):", table(rows, "cpu"),
+        "Tokens per wall-clock second:", table(rows, "wall")])
