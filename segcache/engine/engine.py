@@ -94,9 +94,7 @@ class Engine:
         # --shared-cache: texts another replica was sent resolve here too (hash-only references)
         self.segment_store = SharedSegmentStore(texts, self.shared) if self.shared else texts
         runner = Runner(self.loaded, threads=torch.get_num_threads())
-        self.batching: BatchingVerdict = decide_batching(
-            config.batching, _distinct_projections(runner.lean) if runner.can_batch else None, self.loaded.dtype,
-            config.max_batch)
+        self.batching: BatchingVerdict = _batching_verdict(config, runner)
         self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads()), runner)
         self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -278,6 +276,17 @@ class Engine:
         self.scheduler.remove(sequence)
         sequence.state = None
         sequence.emit(_Done())
+
+
+def _batching_verdict(config: ServeConfig, runner: Runner) -> BatchingVerdict:
+    """The start-up batch-invariance check, run once per loaded model and setting (it runs the model's
+    projections: seconds) and shared by every engine on that model, as its lean forward is."""
+    key = f"batching {config.batching} {config.max_batch}"
+    if key not in runner.loaded.prepared:
+        runner.loaded.prepared[key] = decide_batching(
+            config.batching, _distinct_projections(runner.lean) if runner.can_batch else None, runner.loaded.dtype,
+            config.max_batch)
+    return runner.loaded.prepared[key]
 
 
 def _distinct_projections(forward) -> list:

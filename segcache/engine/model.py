@@ -12,7 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,9 @@ class LoadedModel:
     max_context: int              # the model's context length in tokens
     eos_token_ids: tuple[int, ...]
     weights: WeightPlan           # the format the lean forward's projections run in, and why
+    # What runners build from these weights once and then share (engine/runner.py: the lean forward,
+    # whose int4 repacking takes seconds); it holds weights only, each request brings its own KV.
+    prepared: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def dtype_name(self) -> str:

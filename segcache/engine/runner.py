@@ -58,11 +58,14 @@ class Runner:
 
     @staticmethod
     def _lean_forward(loaded: LoadedModel) -> LlamaForward:
-        projections = ProjectionBuilder(loaded.weights, loaded.dtype)
-        forward = LlamaForward(loaded.model, projections)
-        if loaded.weights.quantized:
-            log.warning("segcache: weights %s: %s", loaded.weights.format, projections.summary())
-        return forward
+        """Built once per loaded model: engines that share a model (tests, a cached and an uncached
+        engine) share its projections too."""
+        if "lean" not in loaded.prepared:
+            projections = ProjectionBuilder(loaded.weights, loaded.dtype)
+            loaded.prepared["lean"] = LlamaForward(loaded.model, projections)
+            if loaded.weights.quantized:
+                log.warning("segcache: weights %s: %s", loaded.weights.format, projections.summary())
+        return loaded.prepared["lean"]
 
     # ---------------------------------------------------------------- prefill
 

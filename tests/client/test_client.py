@@ -11,9 +11,15 @@ SKILLS = Segment("Backend skills: Python services, SQL migrations, pytest fixtur
 QUESTION = [{"role": "user", "content": "Which file holds the order model?"}]
 
 
+@pytest.fixture(scope="module")
+def module_server(serve_for_module):
+    return serve_for_module("--model", "tiny", "--cache-bytes", "64MiB")
+
+
 @pytest.fixture
-def server(serve):
-    return serve("--model", "tiny", "--cache-bytes", "64MiB")
+def server(module_server):
+    """The module's server, its cache and segment texts cleared."""
+    return module_server.cleared()
 
 
 def ask(client, model, segments=(RULES, SKILLS)):

@@ -13,9 +13,15 @@ INSTRUCTION = "Summarise the conversation so far in two sentences."
 GENERATION_PROMPT = "<|im_start|>assistant\n"
 
 
+@pytest.fixture(scope="module")
+def module_server(serve_for_module):
+    return serve_for_module("--model", "tiny", "--cache-bytes", "64MiB")
+
+
 @pytest.fixture
-def server(serve):
-    return serve("--model", "tiny", "--cache-bytes", "64MiB")
+def server(module_server):
+    """The module's server, its cache and segment texts cleared."""
+    return module_server.cleared()
 
 
 def converse(client, recorder=None):

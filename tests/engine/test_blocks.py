@@ -57,7 +57,9 @@ def segment_tokens(engines, req: EngineRequest) -> tuple[int, ...]:
     return next(p.token_ids for p in prompt.parts if p.kind == "segment")
 
 
-@pytest.mark.parametrize("where", ["start", "middle", "end"])
+# Where the text changes (a first block, a middle one, the last) in bfloat16; the middle once more in float32.
+@pytest.mark.parametrize("engines, where", [("bfloat16", "start"), ("bfloat16", "middle"), ("bfloat16", "end"),
+                                            ("float32", "middle")], indirect=["engines"])
 def test_a_segment_whose_text_changed_reuses_its_first_blocks(engines, where):
     text = GUIDE * 3
     cut = {"start": 20, "middle": len(text) // 2, "end": len(text) - 10}[where]

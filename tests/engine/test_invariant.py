@@ -42,6 +42,11 @@ def completion(segments, prompt, max_tokens=6) -> EngineRequest:
 # float32 activations take the integer kernels' slow path (minutes per test): their row invariance is
 # checked in test_weights.py; auto never picks them.
 NUMERICS = [("float32", "float32"), ("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4")]
+# Every format runs the core case (agents sharing segments); the other scenarios run once per dtype: float32,
+# and bfloat16 in int4 (what auto serves on a bfloat16 CPU), whose longer parts run the dense bf16 weights.
+ONE_PER_DTYPE = [NUMERICS[0], NUMERICS[3]]
+one_format_per_dtype = pytest.mark.parametrize("engines", ONE_PER_DTYPE, ids=["/".join(n) for n in ONE_PER_DTYPE],
+                                               indirect=True)
 
 
 @pytest.fixture(scope="module", params=NUMERICS, ids=["/".join(n) for n in NUMERICS])
@@ -81,6 +86,7 @@ def test_segments_across_agents_match_the_uncached_answer(engines):
     assert third.cached_tokens > second.cached_tokens > 0
 
 
+@one_format_per_dtype
 def test_plain_multi_turn_chat_with_replies_fed_back(engines):
     messages = [{"role": "user", "content": "Name a prime number."}]
     previous_prompt = 0
@@ -92,6 +98,7 @@ def test_plain_multi_turn_chat_with_replies_fed_back(engines):
         messages += [{"role": "assistant", "content": finished.text}, {"role": "user", "content": "Another one?"}]
 
 
+@one_format_per_dtype
 def test_system_message_after_segments(engines):
     messages = [{"role": "system", "content": "Reply in French."}, {"role": "user", "content": "Hello"}]
     run_both(engines, chat([seg(RULES, "A")], messages))
@@ -99,6 +106,7 @@ def test_system_message_after_segments(engines):
     assert report.receipts[0].status == "hit"
 
 
+@one_format_per_dtype
 def test_boundary_merge_is_recomputed_not_reused(engines):
     stem = "The build failed because the test runner timed out while compil"
     run_both(engines, completion([seg(stem, "S")], "ing the project."))
@@ -114,6 +122,7 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "celsius
            "required": ["city", "celsius"], "additionalProperties": False}
 
 
+@one_format_per_dtype
 def test_constrained_penalised_replies_with_logprobs_match_the_uncached_answer(engines):
     """Grammar masks, penalties, logit_bias and logprobs read only the logits row: the cache cannot change them."""
     spec = ToolSpec("get_weather", "Current weather for a city", WEATHER)

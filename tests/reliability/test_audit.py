@@ -11,9 +11,10 @@ from segcache.reliability.audit import SETTINGS, AuditConfig, AuditKeys, as_text
 KEYS = "victim:org-a,colleague:org-a,stranger:org-b"
 
 
-@pytest.fixture
-def report(serve):
-    server = serve("--model", "tiny", "--cache-bytes", "64MiB", env={"SEGCACHE_API_KEYS": KEYS})
+@pytest.fixture(scope="module")
+def report(serve_for_module):
+    """One audit run, read by every test here."""
+    server = serve_for_module("--model", "tiny", "--cache-bytes", "64MiB", env={"SEGCACHE_API_KEYS": KEYS})
     return run_audit(server.url, AuditKeys("victim", "colleague", "stranger"),
                      AuditConfig(samples=3, prefix_words=60, seed=7))
 

@@ -13,10 +13,10 @@ ADMIN = "admin-key"
 BUDGET = 256 << 10     # the tiny model's KV is 256 B a token: ~1000 tokens, fewer than the tenants' blocks
 
 
-@pytest.fixture
-def target(serve):
-    server = serve("--model", "tiny", "--cache-bytes", str(BUDGET), env={"SEGCACHE_API_KEYS": KEYS,
-                                                                      "SEGCACHE_ADMIN_KEY": ADMIN})
+@pytest.fixture(scope="module")
+def target(serve_for_module):
+    server = serve_for_module("--model", "tiny", "--cache-bytes", str(BUDGET),
+                              env={"SEGCACHE_API_KEYS": KEYS, "SEGCACHE_ADMIN_KEY": ADMIN})
     return Target(server.url, parse_keys(KEYS), ADMIN)
 
 

@@ -11,8 +11,6 @@ import jsonschema
 import openai
 import pytest
 
-from segcache.config import ServeConfig
-
 MODEL = "smollm2-135m-instruct"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
            "required": ["city", "unit"], "additionalProperties": False}
@@ -20,36 +18,6 @@ TIME = {"type": "object", "properties": {"timezone": {"type": "string"}}, "requi
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER},
          {"type": "function", "name": "get_time", "description": "Current time in a timezone", "parameters": TIME}]
 ASK = "What is the weather in Paris?"
-
-
-@pytest.fixture(scope="module")
-def server(load):
-    import dataclasses
-    import threading
-
-    import uvicorn
-
-    from segcache.engine.engine import Engine
-    from segcache.server.app import create_app
-    from segcache.server.launch import free_port, wait_healthy
-
-    config = dataclasses.replace(ServeConfig(model="default", cache_bytes=1 << 30), port=free_port())
-    engine = Engine(config, loaded=load("default", "auto"))
-    uv = uvicorn.Server(uvicorn.Config(create_app(config, engine=engine), host="127.0.0.1", port=config.port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    wait_healthy(url, 60)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=20)
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
 
 
 def create(client, input_=ASK, max_output_tokens=60, **fields):
@@ -63,22 +31,22 @@ def only_call(response):
     return calls[0]
 
 
-def test_required_returns_a_function_call_item_whose_arguments_validate(client):
-    reply = create(client, tool_choice="required")
+def test_required_returns_a_function_call_item_whose_arguments_validate(openai_client):
+    reply = create(openai_client, tool_choice="required")
     call = only_call(reply)
     assert call.call_id.startswith("call_") and call.id.startswith("fc_") and call.status == "completed"
     jsonschema.validate(json.loads(call.arguments), WEATHER if call.name == "get_weather" else TIME)
     assert reply.status == "completed" and [t.name for t in reply.tools] == ["get_weather", "get_time"]
 
 
-def test_a_named_function_is_the_one_called(client):
-    call = only_call(create(client, tool_choice={"type": "function", "name": "get_time"}))
+def test_a_named_function_is_the_one_called(openai_client):
+    call = only_call(create(openai_client, tool_choice={"type": "function", "name": "get_time"}))
     assert call.name == "get_time"
     jsonschema.validate(json.loads(call.arguments), TIME)
 
 
-def test_a_streamed_call_is_output_item_and_arguments_events(client):
-    stream = create(client, tool_choice={"type": "function", "name": "get_weather"}, stream=True)
+def test_a_streamed_call_is_output_item_and_arguments_events(openai_client):
+    stream = create(openai_client, tool_choice={"type": "function", "name": "get_weather"}, stream=True)
     events = list(stream)
     types = [e.type for e in events]
     assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
@@ -92,33 +60,33 @@ def test_a_streamed_call_is_output_item_and_arguments_events(client):
     call = only_call(final)
     assert call.arguments == streamed and call.call_id == added.item.call_id and call.id == added.item.id
     jsonschema.validate(json.loads(streamed), WEATHER)
-    whole = only_call(create(client, tool_choice={"type": "function", "name": "get_weather"}))
+    whole = only_call(create(openai_client, tool_choice={"type": "function", "name": "get_weather"}))
     assert whole.arguments == streamed
 
 
-def test_a_function_call_output_round_trip_reads_the_first_turn_from_cache(client):
+def test_a_function_call_output_round_trip_reads_the_first_turn_from_cache(openai_client):
     ask = "Is it raining in Lisbon right now?"
-    first = create(client, ask, tool_choice="required")
+    first = create(openai_client, ask, tool_choice="required")
     call = only_call(first)
     history = [{"role": "user", "content": ask},
                {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
                {"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 18, "sky": "clear"}'}]
-    second = create(client, history, max_output_tokens=12, tool_choice="auto")
+    second = create(openai_client, history, max_output_tokens=12, tool_choice="auto")
     read = second.usage.input_tokens_details.cached_tokens
     # All of the first prompt but its generation prompt (always computed) is read back from the tree.
     assert first.usage.input_tokens > read > first.usage.input_tokens - 8
     assert second.status in ("completed", "incomplete")
 
 
-def test_function_history_renders_as_the_chat_path_does(client, server):
+def test_function_history_renders_as_the_chat_path_does(openai_client, api_server):
     """A function_call/function_call_output exchange and the same chat messages make the same prompt."""
     history = [{"role": "user", "content": ASK},
                {"type": "function_call", "call_id": "c1", "name": "get_weather",
                 "arguments": '{"city": "Paris", "unit": "celsius"}'},
                {"type": "function_call_output", "call_id": "c1", "output": "18"}]
-    reply = create(client, history, max_output_tokens=3, tool_choice="none")
-    nodes = httpx.get(server + "/v1/cache").json()["nodes"]
-    chat = httpx.post(server + "/v1/chat/completions", json={
+    reply = create(openai_client, history, max_output_tokens=3, tool_choice="none")
+    nodes = httpx.get(api_server.url + "/v1/cache").json()["nodes"]
+    chat = httpx.post(api_server.url + "/v1/chat/completions", json={
         "model": MODEL, "max_tokens": 3, "temperature": 0, "tool_choice": "none",
         "tools": [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters")}}
                   for t in TOOLS],
@@ -126,7 +94,7 @@ def test_function_history_renders_as_the_chat_path_does(client, server):
                      {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
                          "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
                      {"role": "tool", "tool_call_id": "c1", "content": "18"}]}).json()
-    after = httpx.get(server + "/v1/cache").json()["nodes"]
+    after = httpx.get(api_server.url + "/v1/cache").json()["nodes"]
     assert [(n["key"], n["tokens"]) for n in after] == [(n["key"], n["tokens"]) for n in nodes]
     assert chat["choices"][0]["message"]["content"] == reply.output_text
 
@@ -138,7 +106,7 @@ def test_function_history_renders_as_the_chat_path_does(client, server):
     ({"tools": [{"type": "function", "name": "bad name!"}]}, "tools[0].name"),
     ({"input": [{"type": "function_call", "call_id": "c"}]}, "input[0].name"),
 ])
-def test_bad_tool_fields_are_specific_400s(client, server, fields, param):
+def test_bad_tool_fields_are_specific_400s(openai_client, api_server, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(**{"model": MODEL, "input": ASK, "tools": TOOLS, "max_output_tokens": 2, **fields})
+        openai_client.responses.create(**{"model": MODEL, "input": ASK, "tools": TOOLS, "max_output_tokens": 2, **fields})
     assert caught.value.body["param"] == param

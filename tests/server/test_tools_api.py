@@ -5,16 +5,13 @@ though so small a model would rarely write one unaided.
 """
 
 import json
-import threading
 
 import jsonschema
 import openai
 import pytest
-import uvicorn
 from pydantic import BaseModel, Field
 
 from segcache.config import ServeConfig
-from segcache.server.launch import free_port, wait_healthy
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
            "required": ["city", "unit"], "additionalProperties": False}
@@ -32,24 +29,10 @@ class Weather(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def server(load):
-    """One real server on loopback for the module (the model is shared, so is the grammar index)."""
-    from segcache.engine.engine import Engine
-    from segcache.server.app import create_app
-
-    port = free_port()
-    config = ServeConfig(model="default", dtype="float32", cache_bytes=1 << 30, port=port)
-    engine = Engine(config, loaded=load("default", "float32"))
-    uv = uvicorn.Server(uvicorn.Config(create_app(config, engine=engine), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}/v1"
-    wait_healthy(url.removesuffix("/v1"), 60)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=20)
-    engine.close()
+def server(app_server_for_session, load):
+    """One real server on loopback for the module, in float32 (the model is shared, so is the grammar index)."""
+    config = ServeConfig(model="default", dtype="float32", cache_bytes=1 << 30)
+    return app_server_for_session(config, load("default", "float32")).base_url
 
 
 @pytest.fixture(scope="module")
