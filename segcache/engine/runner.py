@@ -54,6 +54,7 @@ class Runner:
             raise ValueError(f"--weights {loaded.weights.format} needs a Llama-family model (the lean forward); "
                              "serve this model with --weights auto")
         self.num_prefill_tokens = 0      # tokens actually run through the model in prefill (for audits and tests)
+        self.num_prefill_forwards = 0    # prefill forwards run; fewer than blocks when forwards spanned several
         self.num_decode_tokens = 0
         self.num_decode_forwards = 0     # decode forwards run; fewer than decode tokens when steps were batched
 
@@ -108,12 +109,14 @@ class Runner:
                 if size:
                     state.last_logits = self._forward(state, token_ids[offset:offset + size])
                     state.num_tokens += size
+                    self.num_prefill_forwards += 1
                 offset += size
         elif token_ids:
             self._use_threads(len(token_ids))
             ids = torch.tensor(token_ids, dtype=torch.long)                               # (T,)
             state.last_logits = self.lean.forward(state.cache, state.num_tokens, ids, blocks, self._use_threads)
             state.num_tokens += len(token_ids)
+            self.num_prefill_forwards += 1
         self.num_prefill_tokens += len(token_ids)
 
     def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
