@@ -29,6 +29,7 @@ from segcache.engine.weights import ProjectionBuilder
 log = logging.getLogger("segcache.runner")
 
 SMALL_FORWARD_TOKENS = 64
+SELF_CHECK_BLOCKS = (64, 5, 64, 3)   # block sizes of the start-up span check: both thread counts, short blocks
 
 
 @dataclass
@@ -118,6 +119,22 @@ class Runner:
             state.num_tokens += len(token_ids)
             self.num_prefill_forwards += 1
         self.num_prefill_tokens += len(token_ids)
+
+    @torch.inference_mode()
+    def spans_agree(self, blocks: tuple[int, ...] = SELF_CHECK_BLOCKS) -> bool:
+        """The start-up check of spanned prefill: a short prompt prefilled in one span and block by block
+        must give equal KV and last logits, bit for bit (blocks of 64 and more run on the runner's threads,
+        smaller ones on one, so the check mixes both)."""
+        ids = tuple(range(100, 100 + sum(blocks)))
+        spanned, alone = self.start([], len(ids)), self.start([], len(ids))
+        self.prefill_span(spanned, ids, blocks)
+        position = 0
+        for size in blocks:
+            self.prefill_unit(alone, ids[position:position + size])
+            position += size
+        self.num_prefill_tokens -= 2 * len(ids)
+        return (torch.equal(self.part_kv(spanned, 0), self.part_kv(alone, 0))
+                and torch.equal(spanned.last_logits, alone.last_logits))
 
     def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
         """A copy of the KV of positions start..end (default num_tokens: the part just prefilled), (L, 2, H, T, D)."""

@@ -75,3 +75,9 @@ def test_a_span_is_one_forward_of_its_tokens(load):
     runner.prefill_span(state, tuple(range(100, 130)), (8, 8, 8, 6))
     assert (state.num_tokens, runner.num_prefill_tokens) == (30, 30)
     assert state.last_logits.shape == (runner.model.config.vocab_size,)
+
+
+def test_the_start_up_check_finds_spans_bit_identical(load):
+    runner = Runner(load("default", "bfloat16", "bf16"), threads=2)
+    assert runner.spans_agree()
+    assert runner.num_prefill_tokens == 0, "the check must not count as served prefill"
