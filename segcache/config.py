@@ -88,7 +88,7 @@ class ServeConfig:
     max_batch: int = _flag(16, "requests running at once (decoding or prefilling); the rest wait in a FIFO queue")
     max_running_kv_bytes: int = _flag(1 << 30, "KV buffer bytes all running requests may hold together; "
                                       "a request that would exceed it waits (one always runs)", parse=parse_bytes)
-    block_tokens: int = _flag(256, "tokens per prefill block: each prompt part is computed and cached in blocks "
+    block_tokens: int = _flag(128, "tokens per prefill block: each prompt part is computed and cached in blocks "
                               "of at most this many tokens, so a part whose tail changed reuses its first blocks")
     prefill_span_tokens: int = _flag(512, "tokens one prefill forward may span: consecutive whole blocks (at least one) "
                                      "run in one forward, their matmuls block by block, so small blocks stay cheap "

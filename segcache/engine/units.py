@@ -21,7 +21,7 @@ an uncached run does (engine/llama.py `forward`, tests/engine/test_spans.py).
 
 from __future__ import annotations
 
-PREFILL_CHUNK_TOKENS = 256
+PREFILL_CHUNK_TOKENS = 128
 
 
 def prefill_units(num_tokens: int, chunk_tokens: int = PREFILL_CHUNK_TOKENS) -> list[tuple[int, int]]:
