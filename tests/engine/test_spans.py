@@ -81,3 +81,18 @@ def test_the_start_up_check_finds_spans_bit_identical(load):
     runner = Runner(load("default", "bfloat16", "bf16"), threads=2)
     assert runner.spans_agree()
     assert runner.num_prefill_tokens == 0, "the check must not count as served prefill"
+
+
+@pytest.mark.parametrize("span_tokens", [512, 0])
+def test_the_engine_spans_only_what_its_check_and_flag_allow(load, span_tokens):
+    from segcache.config import ServeConfig
+    from segcache.engine.engine import Engine
+
+    engine = Engine(ServeConfig(model="tiny", dtype="bfloat16", prefill_span_tokens=span_tokens),
+                    loaded=load("tiny", "bfloat16"))
+    try:
+        assert engine.spans.span_tokens == span_tokens
+        assert engine.executor.config.prefill_span_tokens == span_tokens
+        assert ("bit-identical" if span_tokens else "one block per forward") in engine.spans.reason
+    finally:
+        engine.close()
