@@ -88,8 +88,11 @@ class ServeConfig:
     max_batch: int = _flag(16, "requests running at once (decoding or prefilling); the rest wait in a FIFO queue")
     max_running_kv_bytes: int = _flag(1 << 30, "KV buffer bytes all running requests may hold together; "
                                       "a request that would exceed it waits (one always runs)", parse=parse_bytes)
-    block_tokens: int = _flag(256, "tokens per prefill block: each prompt part is computed and cached in blocks "
+    block_tokens: int = _flag(128, "tokens per prefill block: each prompt part is computed and cached in blocks "
                               "of at most this many tokens, so a part whose tail changed reuses its first blocks")
+    prefill_span_tokens: int = _flag(512, "tokens one prefill forward may span: consecutive whole blocks (at least one) "
+                                     "run in one forward, their matmuls block by block, so small blocks stay cheap "
+                                     "and answers stay bit-identical; 0 = one block per forward")
     disk_cache: str | None = _flag(None, "directory for the disk tier: cached KV is written behind to one file per "
                                    "node, with a SQLite manifest of the tree, the named segments and segment texts, "
                                    "so a restarted server finds them again (default: RAM only)")
@@ -125,6 +128,8 @@ class ServeConfig:
             raise ValueError(f"--batching must be one of {', '.join(BATCHING_MODES)}, got {self.batching!r}")
         if self.block_tokens < 1:
             raise ValueError("--block-tokens must be at least 1")
+        if self.prefill_span_tokens < 0:
+            raise ValueError("--prefill-span-tokens must not be negative")
         if self.max_batch < 1:
             raise ValueError("--max-batch must be at least 1")
         if self.max_running_kv_bytes < 0:

@@ -1,7 +1,8 @@
 """Block-level reuse figures, in the engine: `python -m segcache.bench.blocks [--dtype auto] [--repeats 3]`.
 
-Prints three tables:
-- cold prefill of a 2,000-token prompt per --block-tokens (the cost of cutting parts into blocks);
+Prints one table, a row per --block-tokens and --prefill-span-tokens (plus the reference: 512-token
+blocks, one forward each):
+- cold prefill of a 2,000-token prompt (the cost of cutting parts into blocks);
 - the share of prompt tokens cached for an opencode-like request (a 2,000-token system message whose
   last line changed) and for a repeated 2,000-token /v1/completions prompt, per --block-tokens;
 - the tree's bookkeeping bytes per block node (Python objects, payload excluded) next to its KV bytes.
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--blocks", default="128,256,512", help="--block-tokens values to compare")
+    parser.add_argument("--blocks", default="64,128,256", help="--block-tokens values to compare")
+    parser.add_argument("--spans", default="512", help="--prefill-span-tokens values to compare (0: a forward per block)")
     args = parser.parse_args(argv)
     loaded = load_model("default", args.dtype)
     system = system_message(loaded.tokenizer, 2000, "Working directory: /home/me/project-one\n")
@@ -92,19 +94,22 @@ def main(argv: list[str] | None = None) -> None:
     prompt = system_message(loaded.tokenizer, 2000, "")
     kv_per_token = kv_bytes_per_token(loaded)
     print(f"model default, dtype {loaded.dtype}, {args.repeats} cold samples per row (median)\n")
-    print("| --block-tokens | cold prefill, 2,000-token chat (s) | opencode-like: cached | repeated completion: cached "
-          "| node bookkeeping bytes (with token ids / without) | KV bytes per block |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for block_tokens in [int(b) for b in args.blocks.split(",")]:
-        engine = Engine(ServeConfig(model="default", dtype=args.dtype, block_tokens=block_tokens), loaded=loaded)
+    print("| --block-tokens | --prefill-span-tokens | cold prefill, 2,000-token chat (s) | opencode-like: cached "
+          "| repeated completion: cached | node bookkeeping bytes (with token ids / without) | KV bytes per block |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [(512, 0)] + [(int(b), int(s)) for b in args.blocks.split(",") for s in args.spans.split(",")]
+    for block_tokens, span_tokens in rows:
+        config = ServeConfig(model="default", dtype=args.dtype, block_tokens=block_tokens,
+                             prefill_span_tokens=span_tokens)
+        engine = Engine(config, loaded=loaded)
         try:
             cold = cold_prefill(engine, system, args.repeats)
             agent, repeated = reuse(engine, system, changed, prompt)
         finally:
             engine.close()
         with_tokens, without = bookkeeping_bytes(block_tokens)
-        print(f"| {block_tokens} | {cold:.3f} | {agent} | {repeated} | {with_tokens} / {without} "
-              f"| {block_tokens * kv_per_token} |")
+        print(f"| {block_tokens} | {span_tokens} | {cold:.3f} | {agent} | {repeated} | {with_tokens} / {without} "
+              f"| {block_tokens * kv_per_token} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Blocks: the unit a part is prefilled in and cached as, one forward and one tree node each.
+"""Blocks: the unit a part is prefilled in and cached as, one tree node each.
 
 Every part is cut into blocks of at most --block-tokens tokens at fixed offsets from the part's start
-(engine/units.py), so a cached and an uncached run compute the same forwards on the same shapes. A
+(engine/units.py), so a cached and an uncached run compute every block with the same matmuls on the
+same shapes (one forward may span several blocks, its matmuls still run block by block). A
 block is matched by its token ids under its parent block, not by its part's text: a part whose text
 changed after token N still matches its blocks that end before N.
 

@@ -95,7 +95,9 @@ class Engine:
         self.segment_store = SharedSegmentStore(texts, self.shared) if self.shared else texts
         runner = Runner(self.loaded, threads=torch.get_num_threads())
         self.batching: BatchingVerdict = _batching_verdict(config, runner)
-        self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads()), runner)
+        self.spans = _check_spans(runner, config.prefill_span_tokens)
+        self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads(),
+                                                                  prefill_span_tokens=self.spans.span_tokens), runner)
         self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._closing = False
@@ -301,3 +303,22 @@ def model_scope(loaded: LoadedModel, tenant: str) -> ScopeKey:
     tokenizer mean a new scope."""
     return scope_key(tenant, loaded.model_id, loaded.weights_fingerprint, loaded.numerics_name,
                      loaded.tokenizer_fingerprint)
+
+
+@dataclass(frozen=True)
+class SpanVerdict:
+    span_tokens: int    # what a prefill forward may span here (0: one block per forward)
+    reason: str         # why, for the start-up log and /health
+
+
+def _check_spans(runner: Runner, span_tokens: int) -> SpanVerdict:
+    """Spanned prefill only where the start-up check finds a span gives every block its own forward's bits."""
+    if span_tokens == 0:
+        return SpanVerdict(0, "--prefill-span-tokens 0: one block per forward")
+    if runner.lean is None:
+        return SpanVerdict(0, "this model runs on the library's forward: one block per forward")
+    if not runner.spans_agree():
+        return SpanVerdict(0, "the start-up check found a span's KV differing from one forward per block: "
+                              "one block per forward")
+    return SpanVerdict(span_tokens, f"forwards span whole blocks up to {span_tokens} tokens (start-up check: "
+                                    "bit-identical to one forward per block)")

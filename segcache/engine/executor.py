@@ -80,22 +80,39 @@ class Executor:
             raise
 
     def prefill_unit(self, sequence: Sequence) -> bool:
-        """Run the next block and cache it. True when the whole prompt is prefilled (at once for a warm
-        request whose every block was cached)."""
+        """Run the next span of blocks in one forward and cache each block as its own node. True when the
+        whole prompt is prefilled (at once for a warm request whose every block was cached)."""
         progress = sequence.prefill
         if not progress.units:
             return True
-        block = progress.units.popleft()
-        part = sequence.prompt.parts[block.part_index]
-        self.runner.prefill_unit(sequence.state, part.token_ids[block.start:block.end])
-        if progress.caching:
-            kv = self.runner.part_kv(sequence.state, sequence.state.num_tokens - block.num_tokens)
-            node = self.cache.extend(progress.parent, block.spec, kv, kv_num_bytes(kv), self._ttl(sequence.request, part))
-            progress.caching = node is not None
-            if node is not None:
-                progress.parent = node
-                progress.held.append(node)
+        blocks = self._next_span(progress.units)
+        ids = tuple(t for b in blocks for t in sequence.prompt.parts[b.part_index].token_ids[b.start:b.end])
+        start = sequence.state.num_tokens
+        self.runner.prefill_span(sequence.state, ids, tuple(b.num_tokens for b in blocks))
+        for block in blocks:
+            if progress.caching:
+                self._cache_block(sequence, block, start)
+            start += block.num_tokens
         return not progress.units
+
+    def _next_span(self, units: deque[Block]) -> list[Block]:
+        """The next blocks one forward computes: whole blocks up to --prefill-span-tokens (at least one)."""
+        span = [units.popleft()]
+        num_tokens = span[0].num_tokens
+        while units and num_tokens + units[0].num_tokens <= self.config.prefill_span_tokens:
+            num_tokens += units[0].num_tokens
+            span.append(units.popleft())
+        return span
+
+    def _cache_block(self, sequence: Sequence, block: Block, start: int) -> None:
+        """Store the block's KV (positions start..start + its tokens) as a node under the last one."""
+        progress, part = sequence.prefill, sequence.prompt.parts[block.part_index]
+        kv = self.runner.part_kv(sequence.state, start, start + block.num_tokens)
+        node = self.cache.extend(progress.parent, block.spec, kv, kv_num_bytes(kv), self._ttl(sequence.request, part))
+        progress.caching = node is not None
+        if node is not None:
+            progress.parent = node
+            progress.held.append(node)
 
     def finish_prefill(self, sequence: Sequence) -> PromptReport:
         """Pin if asked, release the chain, and report what was cached and computed."""

@@ -27,12 +27,19 @@ KERNEL_MAX_ROWS = 16   # the largest decode batch the integer path must serve wi
 
 
 class DenseLinear:
-    """A dense weight (out, in) and optional bias (out,), in the model's dtype."""
+    """A dense weight (out, in) and optional bias (out,), in the model's dtype.
+
+    In bfloat16 the weight is also packed once, at load, into oneDNN's blocked layout: F.linear packs it
+    again on every call, a cost per call that small forwards (decode, a 64-token block) cannot amortize.
+    Measured here on one thread: the four projections of a layer over 2,000 rows in 64-row calls 31 ms
+    packed vs 49 ms F.linear (27 ms in one F.linear call); a decode row's gate|up 0.27 ms vs 0.42 ms.
+    """
 
     format_name = "dense"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.weight, self.bias = weight, bias
+        self.onednn = _pack(weight)
 
     @property
     def out_features(self) -> int:
@@ -47,7 +54,17 @@ class DenseLinear:
         return self.weight.dtype
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn is not None and x.shape[0]:
+            return torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor | None:
+    """The weight in oneDNN's layout for bfloat16 matmuls, or None where that path is missing."""
+    if weight.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available() \
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 64)
 
 
 class _QuantizedLinear:

@@ -14,6 +14,8 @@ KV buffer of one request:  (L, 2, H_kv, capacity, D)   filled from position 0 up
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -68,23 +70,31 @@ class LlamaForward:
         return torch.empty((self.num_layers, 2, self.num_kv_heads, capacity, self.head_dim), dtype=self.dtype)
 
     @torch.inference_mode()
-    def forward(self, cache: torch.Tensor, start: int, ids: torch.Tensor) -> torch.Tensor:
-        """Run tokens `ids` (T,) at positions start..start+T-1; fill the cache; return the last logits (V,)."""
-        num_new = ids.shape[0]
-        end = start + num_new
+    def forward(self, cache: torch.Tensor, start: int, ids: torch.Tensor, blocks: tuple[int, ...] | None = None,
+                use_threads: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Run tokens `ids` (T,) at positions start..start+T-1; fill the cache; return the last logits (V,).
+
+        The forward may span several consecutive blocks of sizes `blocks` (sum T; default one block), and
+        each block's rows get the bits they get when the block is a forward of its own. A linear's or the
+        attention's row bits depend on the matmul's row and key counts (and threads), so both run per block,
+        on the threads `use_threads(block rows)` sets; norms, RoPE, SiLU and adds are row-wise and run over
+        the whole span. So a cached run, which starts at any block boundary and groups its blocks into
+        forwards from there, computes every block exactly as an uncached run does (engine/units.py).
+        """
+        span = _Span(start, blocks or (ids.shape[0],), use_threads)
         x = F.embedding(ids, self.embed)                                     # (T, C)
-        cos, sin = self.cos[start:end, None], self.sin[start:end, None]       # (T, 1, D)
-        bias = self._mask(start, num_new)         # built once per forward, not once per layer
+        cos, sin = self.cos[start:span.end, None], self.sin[start:span.end, None]   # (T, 1, D)
+        masks = [self._mask(block_start, size) for block_start, size in span.blocks()]   # once per forward
         for index, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
-            q, k, v = self._qkv(layer.qkv(h), cos, sin)                      # (H, T, D), (Hkv, T, D) x2
-            cache[index, 0, :, start:end] = k
-            cache[index, 1, :, start:end] = v
-            attn = self._attend(q, cache[index, 0, :, :end], cache[index, 1, :, :end], bias)   # (H, T, D)
-            x = x + layer.o_proj(attn.transpose(0, 1).reshape(num_new, -1))
+            q, k, v = self._qkv(span.linear(layer.qkv, h), cos, sin)        # (H, T, D), (Hkv, T, D) x2
+            cache[index, 0, :, start:span.end] = k
+            cache[index, 1, :, start:span.end] = v
+            attn = span.attend(self._attend, q, cache[index, 0], cache[index, 1], masks)   # (H, T, D)
+            x = x + span.linear(layer.o_proj, attn.transpose(0, 1).reshape(span.num_rows, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
-            gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down_proj(F.silu(gate).mul_(up))
+            gate, up = span.linear(layer.gate_up, h).chunk(2, dim=-1)
+            x = x + span.linear(layer.down_proj, F.silu(gate).mul_(up))
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
 
@@ -187,6 +197,53 @@ class _DecodeViews:
         """Write this step's k|v (2, H_kv, D), attend q (1, H, 1, D) over keys 0..position: (1, H, 1, D)."""
         self.slot[layer_index].copy_(kv)
         return F.scaled_dot_product_attention(q, self.keys[layer_index], self.values[layer_index], enable_gqa=True)
+
+
+class _Span:
+    """The blocks one prefill forward spans, and the per-block runs of its linears and attention.
+
+        rows of the forward:  0 ......... 64 ........ 128 .. 140        blocks (64, 64, 12)
+        each linear:          [ linear   ][ linear   ][ lin ]           concatenated
+        attention of block b: its rows' queries against keys 0 .. the block's end
+    """
+
+    def __init__(self, start: int, sizes: tuple[int, ...], use_threads: Callable[[int], None] | None):
+        self.start, self.sizes, self.use_threads = start, tuple(s for s in sizes if s) or (0,), use_threads
+        self.num_rows = sum(self.sizes)
+        self.end = start + self.num_rows
+
+    def blocks(self):
+        """(absolute start, size) of each block."""
+        position = self.start
+        for size in self.sizes:
+            yield position, size
+            position += size
+
+    def linear(self, linear, x: torch.Tensor) -> torch.Tensor:
+        """linear(x) for x (T, in), computed block by block: (T, out)."""
+        if len(self.sizes) == 1:
+            return linear(x)
+        return self._per_block(lambda index, offset, size: linear(x[offset:offset + size]), dim=0)
+
+    def attend(self, attend, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masks) -> torch.Tensor:
+        """Each block's queries q (H, rows, D) against keys and values (H_kv, capacity, D) up to its end,
+        with `masks[block]`: (H, T, D)."""
+        def block(index: int, offset: int, size: int) -> torch.Tensor:
+            end = self.start + offset + size
+            return attend(q[:, offset:offset + size], keys[:, :end], values[:, :end], masks[index])
+        if len(self.sizes) == 1:
+            return block(0, 0, self.num_rows)
+        return self._per_block(block, dim=1)
+
+    def _per_block(self, run, dim: int) -> torch.Tensor:
+        parts = []
+        for index, (position, size) in enumerate(self.blocks()):
+            if self.use_threads is not None:
+                self.use_threads(size)
+            parts.append(run(index, position - self.start, size))
+        if self.use_threads is not None:
+            self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
+        return torch.cat(parts, dim=dim)
 
 
 class _Layer:

@@ -1,9 +1,10 @@
-"""Part-aligned prefill and decode on a Hugging Face causal LM.
+"""Block-aligned prefill and decode on a Hugging Face causal LM.
 
-Why one forward per part: a cached run and an uncached run must do the same arithmetic on the
-same shapes, or bfloat16 (and even float32) logits drift and greedy answers change. So the engine
-always prefills part by part, whether the earlier parts came from the cache or were computed a
-moment ago; the only difference a cache hit makes is that some forwards are skipped.
+Why block-aligned: a cached run and an uncached run must do the same arithmetic on the same shapes,
+or bfloat16 (and even float32) logits drift and greedy answers change. So the engine computes every
+block of every part (engine/blocks.py) the same way, whether the earlier blocks came from the cache
+or were computed a moment ago; the only difference a cache hit makes is that some blocks are skipped.
+A forward may span several blocks (`prefill_span`): its matmuls still run block by block.
 
 KV layout of one part (a node payload):  (L, 2, H_kv, T_part, D)  L layers, 2 = keys/values.
 
@@ -28,6 +29,7 @@ from segcache.engine.weights import ProjectionBuilder
 log = logging.getLogger("segcache.runner")
 
 SMALL_FORWARD_TOKENS = 64
+SELF_CHECK_BLOCKS = (64, 5, 64, 3)   # block sizes of the start-up span check: both thread counts, short blocks
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Runner:
             raise ValueError(f"--weights {loaded.weights.format} needs a Llama-family model (the lean forward); "
                              "serve this model with --weights auto")
         self.num_prefill_tokens = 0      # tokens actually run through the model in prefill (for audits and tests)
+        self.num_prefill_forwards = 0    # prefill forwards run; fewer than blocks when forwards spanned several
         self.num_decode_tokens = 0
         self.num_decode_forwards = 0     # decode forwards run; fewer than decode tokens when steps were batched
 
@@ -96,15 +99,49 @@ class Runner:
 
     @torch.inference_mode()
     def prefill_unit(self, state: PrefillState, token_ids: tuple[int, ...]) -> None:
-        """One forward over a prefill unit (a part, or a chunk of one: see engine/units.py)."""
-        if token_ids:
-            state.last_logits = self._forward(state, token_ids)
-            state.num_tokens += len(token_ids)
-            self.num_prefill_tokens += len(token_ids)
+        """One forward over a prefill unit (a part, or a block of one: see engine/units.py)."""
+        self.prefill_span(state, token_ids, (len(token_ids),))
 
-    def part_kv(self, state: PrefillState, start: int) -> torch.Tensor:
-        """A copy of the KV of positions start..num_tokens (the part just prefilled), (L, 2, H, T, D)."""
-        end = state.num_tokens
+    @torch.inference_mode()
+    def prefill_span(self, state: PrefillState, token_ids: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+        """Consecutive whole blocks of sizes `blocks` (sum len(token_ids)) in one forward, each block's KV and
+        the last logits bit-identical to forwards of one block each (engine/llama.py `forward`). The
+        library's forward cannot split its matmuls by block, so there the blocks run one forward each."""
+        if self.lean is None or len(blocks) == 1:
+            offset = 0
+            for size in blocks:
+                if size:
+                    state.last_logits = self._forward(state, token_ids[offset:offset + size])
+                    state.num_tokens += size
+                    self.num_prefill_forwards += 1
+                offset += size
+        elif token_ids:
+            self._use_threads(len(token_ids))
+            ids = torch.tensor(token_ids, dtype=torch.long)                               # (T,)
+            state.last_logits = self.lean.forward(state.cache, state.num_tokens, ids, blocks, self._use_threads)
+            state.num_tokens += len(token_ids)
+            self.num_prefill_forwards += 1
+        self.num_prefill_tokens += len(token_ids)
+
+    @torch.inference_mode()
+    def spans_agree(self, blocks: tuple[int, ...] = SELF_CHECK_BLOCKS) -> bool:
+        """The start-up check of spanned prefill: a short prompt prefilled in one span and block by block
+        must give equal KV and last logits, bit for bit (blocks of 64 and more run on the runner's threads,
+        smaller ones on one, so the check mixes both)."""
+        ids = tuple(range(100, 100 + sum(blocks)))
+        spanned, alone = self.start([], len(ids)), self.start([], len(ids))
+        self.prefill_span(spanned, ids, blocks)
+        position = 0
+        for size in blocks:
+            self.prefill_unit(alone, ids[position:position + size])
+            position += size
+        self.num_prefill_tokens -= 2 * len(ids)
+        return (torch.equal(self.part_kv(spanned, 0), self.part_kv(alone, 0))
+                and torch.equal(spanned.last_logits, alone.last_logits))
+
+    def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
+        """A copy of the KV of positions start..end (default num_tokens: the part just prefilled), (L, 2, H, T, D)."""
+        end = state.num_tokens if end is None else end
         if self.lean is not None:
             return state.cache[:, :, :, start:end].clone()
         if end == start:
@@ -156,8 +193,12 @@ class Runner:
         self.num_decode_forwards += 1
         return list(logits)
 
+    def _use_threads(self, num_rows: int) -> None:
+        """The thread count of a forward (or, inside a span, of a block) of `num_rows` rows."""
+        _use_threads(1 if num_rows < SMALL_FORWARD_TOKENS else self.threads)
+
     def _forward(self, state: PrefillState, token_ids: tuple[int, ...]) -> torch.Tensor:
-        _use_threads(1 if len(token_ids) < SMALL_FORWARD_TOKENS else self.threads)
+        self._use_threads(len(token_ids))
         ids = torch.tensor(token_ids, dtype=torch.long)                                   # (T,)
         if self.lean is not None:
             return self.lean.forward(state.cache, state.num_tokens, ids)

@@ -10,11 +10,18 @@ chunks of a long prefill.
 
 These units are the blocks the cache stores (engine/blocks.py): one mechanism for batching and reuse.
 The size is --block-tokens; PREFILL_CHUNK_TOKENS is its default.
+
+A forward may span several consecutive whole blocks (up to --prefill-span-tokens, possibly across part
+boundaries): small blocks then cost little more than big ones, because the forward's linears and
+attention still run block by block (a matmul's row bits depend on its row count) while everything else
+runs once over the span. The tree still stores one node per block, and a cached run, which starts at a
+block boundary and groups the blocks after it into its own spans, computes every block bit for bit as
+an uncached run does (engine/llama.py `forward`, tests/engine/test_spans.py).
 """
 
 from __future__ import annotations
 
-PREFILL_CHUNK_TOKENS = 256
+PREFILL_CHUNK_TOKENS = 128
 
 
 def prefill_units(num_tokens: int, chunk_tokens: int = PREFILL_CHUNK_TOKENS) -> list[tuple[int, int]]:

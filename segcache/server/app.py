@@ -81,6 +81,7 @@ def _announce(services: Services) -> None:
     log.warning("segcache: model %s (%s, weights %s, context %d), %s, %s", loaded.model_id, loaded.dtype_name,
                 loaded.weights.format, loaded.max_context, cache, tenancy)
     log.warning("segcache: weights %s because %s", loaded.weights.format, loaded.weights.reason)
+    log.warning("segcache: prefill spans: %s", services.engine.spans.reason)
     verdict = services.engine.batching
     log.warning("segcache: batching %s, up to %d running requests (%s)", "on" if verdict.batched else "off",
                 config.max_batch, verdict.reason)

@@ -98,3 +98,20 @@ def test_two_single_turn_chats_share_the_injected_system_turn(engines):
     assert injected["cached_tokens"] == injected["tokens"] > 0
     assert second.cached_tokens >= injected["tokens"]
     assert first.cached_tokens == 0
+
+
+def test_a_cached_prefix_ending_inside_an_uncached_span_gives_the_uncached_answer(engines):
+    """The uncached run computes the whole prompt (< --prefill-span-tokens) in one forward; the cached run
+    starts at a block boundary inside it and computes the rest in a forward of its own."""
+    text = GUIDE * 3
+    cut = len(text) // 2
+    changed = text[:cut] + "Never" + text[cut + 5:]
+    question = [{"role": "user", "content": "Which file first?"}]
+    run_both(engines, request("mid-span", "chat", [seg(text, "guide")], question))
+    cached, uncached = engines
+    forwards = [e.executor.runner.num_prefill_forwards for e in engines]
+    report, _ = run_both(engines, request("mid-span", "chat", [seg(changed, "guide")], question))
+    cached_forwards, uncached_forwards = (e.executor.runner.num_prefill_forwards - f for e, f in zip(engines, forwards))
+    assert report.prompt_tokens < cached.config.prefill_span_tokens
+    assert uncached_forwards == 1 and cached_forwards == 1
+    assert 0 < report.cached_tokens < report.prompt_tokens - 2 * BLOCK, "the prefix must end mid-prompt"
