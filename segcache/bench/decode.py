@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         rows = [probe(args, dtype, weights, Path(scratch) / f"{weights}.json") for dtype, weights in FORMATS
                 if weights in wanted]
+        args.peer_failure = None
         if not args.no_peer and importlib.util.find_spec("llama_cpp") is not None and args.model == "default":
-            rows.append(probe(args, "q4_1", "llama-cpp-python", Path(scratch) / "peer.json"))
+            try:
+                rows.append(probe(args, "q4_1", "llama-cpp-python", Path(scratch) / "peer.json"))
+            except subprocess.CalledProcessError as exc:   # a broken peer build costs its row, not the run
+                args.peer_failure = f"llama-cpp-python's probe failed ({exc.returncode}: {_signal_name(exc)})"
+                print(args.peer_failure, file=sys.stderr)
     print("per CPU-second of the probe process:\n" + table(rows, "cpu"))
     print("per wall-clock second:\n" + table(rows, "wall"))
     if args.json:
@@ -64,6 +70,13 @@ def probe(args: argparse.Namespace, dtype: str, weights: str, out: Path) -> dict
                     "--weights", weights, "--out", str(out), "--steps", str(args.steps),
                     "--batch", str(args.batch), "--batch-steps", str(args.batch_steps)], check=True)
     return json.loads(out.read_text())
+
+
+def _signal_name(exc: subprocess.CalledProcessError) -> str:
+    """'died with SIGILL' for a signal, else 'exit status N'."""
+    if exc.returncode < 0:
+        return f"died with {signal.Signals(-exc.returncode).name}"
+    return f"exit status {exc.returncode}"
 
 
 def table(rows: list[dict], clock: str = "cpu") -> str:
@@ -87,7 +100,8 @@ def table(rows: list[dict], clock: str = "cpu") -> str:
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     peer = ("llama-cpp-python: the same GGUF through `Llama(n_threads=1)`, tokens/s of its own decode loop"
             if any(r["format"] == "llama-cpp-python" for r in rows) else
-            "llama-cpp-python is not installed here: no peer row in this run")
+            f"{getattr(args, 'peer_failure', None)}: no peer row in this run" if getattr(args, "peer_failure", None)
+            else "llama-cpp-python is not installed here: no peer row in this run")
     return "\n\n".join([
         f"Each format in its own process, on the engine's runner (no HTTP), one thread: single stream = "
         f"{args.steps} greedy decode steps after a 32-token prompt; batched = {args.batch_steps} steps of one "
