@@ -9,7 +9,10 @@ _TITLE = "# Benchmarks\n"
 
 
 def replace_section(path: Path, heading: str, body: str) -> None:
-    """Put `## heading` + body in place of the section of that name, or append it; create the file if absent."""
+    """Put `## heading` + body in place of the section of that name, or append it; create the file if absent.
+    A path of '-' writes nothing: every bench's `--markdown -` means "print only"."""
+    if str(path) == "-":
+        return
     text = path.read_text(encoding="utf-8") if path.exists() else _TITLE
     section = f"## {heading}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from segcache.bench.markdown import replace_section
 
 
@@ -22,3 +24,9 @@ def test_a_new_section_goes_after_the_others(tmp_path):
     path.write_text("# Benchmarks\n\n## Cache hit\n\nhit table\n")
     replace_section(path, "Agents benchmark", "agents table")
     assert path.read_text() == "# Benchmarks\n\n## Cache hit\n\nhit table\n\n## Agents benchmark\n\nagents table\n"
+
+
+def test_a_dash_writes_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    replace_section(Path("-"), "Agents benchmark", "table")
+    assert list(tmp_path.iterdir()) == []
