@@ -161,6 +161,4 @@ def _write_outputs(args: argparse.Namespace, results: list[SystemResult], summar
         chart.ttft_chart(results, args.chart, title=f"TTFT per request, multi-agent workload ({args.model} model)")
         print(f"wrote {args.chart}")
         body += f"\n\n![TTFT per request]({args.chart.as_posix()})"
-    if args.markdown:
-        markdown.replace_section(args.markdown, SECTION, body)
-        print(f"updated the '## {SECTION}' section of {args.markdown}")
+    markdown.write_section(args.markdown, SECTION, body)

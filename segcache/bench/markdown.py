@@ -21,3 +21,11 @@ def replace_section(path: Path, heading: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text, encoding="utf-8")
+
+
+def write_section(path: Path | None, heading: str, body: str) -> None:
+    """A bench's `--markdown PATH`: rewrite the section and say so; nothing for no path or '-'."""
+    if path is None or str(path) == "-":
+        return
+    replace_section(path, heading, body)
+    print(f"updated the '## {heading}' section of {path}")

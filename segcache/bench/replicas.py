@@ -79,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print("  " + one_line(runs[-1]), flush=True)
     body = _body(args, workload, runs, load_before)
     print("\n" + body)
-    if args.markdown:
-        markdown.replace_section(args.markdown, SECTION, body)
-        print(f"updated the '## {SECTION}' section of {args.markdown}")
+    markdown.write_section(args.markdown, SECTION, body)
     return 0
 
 

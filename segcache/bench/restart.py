@@ -72,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
             runs.append(restart_runs("RAM only", workload, args.agents, flags, Path(directory)))
     body = _body(args, workload, runs, load_before)
     print("\n" + body)
-    if args.markdown:
-        markdown.replace_section(args.markdown, SECTION, body)
-        print(f"updated the '## {SECTION}' section of {args.markdown}")
+    markdown.write_section(args.markdown, SECTION, body)
     return 0
 
 

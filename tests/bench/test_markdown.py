@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from segcache.bench.markdown import replace_section
+from segcache.bench.markdown import replace_section, write_section
 
 
 def test_a_missing_file_is_created_with_the_section(tmp_path):
@@ -30,3 +30,13 @@ def test_a_dash_writes_no_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     replace_section(Path("-"), "Agents benchmark", "table")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_section_writes_only_for_a_real_path(tmp_path, capsys):
+    path = tmp_path / "BENCHMARKS.md"
+    write_section(None, "Agents benchmark", "table")
+    write_section(Path("-"), "Agents benchmark", "table")
+    assert not path.exists() and capsys.readouterr().out == ""
+    write_section(path, "Agents benchmark", "table")
+    assert "## Agents benchmark\n\ntable\n" in path.read_text()
+    assert "updated the '## Agents benchmark' section" in capsys.readouterr().out
