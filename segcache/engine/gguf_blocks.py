@@ -49,6 +49,16 @@ class GgufBlocks:
         info = self._tensors[name]
         return self._data[info.offset:info.offset + info.num_bytes].reshape(info.num_rows, -1)
 
+    def q8_0(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Q8_0 tensor's blocks (d float16 | 32 int8, 34 bytes): codes (out, in) int8, d (out, in/32) float32."""
+        if self.type_name(name) != "Q8_0":
+            raise ValueError(f"{name} is {self.type_name(name)}, not Q8_0")
+        data = self.raw(name)
+        blocks = data.reshape(data.shape[0], -1, 34)
+        d = torch.from_numpy(blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))
+        codes = torch.from_numpy(blocks[..., 2:].copy().view(np.int8)).reshape(data.shape[0], -1)
+        return codes, d
+
     def int4(self, name: str) -> Int4Codes:
         """The tensor's blocks as codes (out, in); a ValueError if it is not Q4_0/Q4_1."""
         kind = self.type_name(name)

@@ -6,6 +6,7 @@ module's business alone, and the forward and the batching scheduler stay the sam
     DenseLinear   the model dtype's weight (bfloat16 or float32), F.linear
     Int8Linear    per-output-channel int8, torch's `_weight_int8pack_mm`
     Int4Linear    groupwise int4 (32 inputs per scale and offset), `_weight_int4pack_mm_for_cpu`
+    BlockLinear   Q4 or Q8 blocks of 32 on our VNNI kernels, int8 activations (engine/native.py)
 
 Why integer kernels only for short forwards: decode reads every weight once per token, so fewer bytes
 per weight make it faster; but at many rows the integer kernels are 5-10x slower than the dense one
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from segcache.engine.native import BlockWeights
 from segcache.engine.quant import INT4_GROUP, Int4Codes, Int8Codes
 
 KERNEL_MAX_ROWS = 16   # the largest decode batch the integer path must serve with row-invariant bits
@@ -125,6 +127,22 @@ class Int4Linear(_QuantizedLinear):
     @property
     def num_bytes(self) -> int:
         return self.packed.numel() + self.scale_zeros.numel() * self.scale_zeros.element_size()
+
+
+class BlockLinear(_QuantizedLinear):
+    """Q4 (int4 format) or Q8 (int8 format, and the output layer of a GGUF's Q8_0 embedding) blocks."""
+
+    def __init__(self, blocks: BlockWeights, dense: DenseLinear):
+        super().__init__(dense)
+        self.blocks = blocks
+        self.format_name = "int4" if blocks.kind == "q4" else "int8"
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks.matmul(x)
+
+    @property
+    def num_bytes(self) -> int:
+        return self.blocks.num_bytes
 
 
 def is_row_invariant(linear, batch_sizes=range(1, KERNEL_MAX_ROWS + 1), seed: int = 0) -> bool:

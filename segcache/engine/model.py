@@ -142,7 +142,7 @@ def load_model(spec: str, dtype_name: str = "auto", model_id: str | None = None,
     eos = {tokenizer.eos_token_id, *_as_tuple(model.generation_config.eos_token_id)} - {None}
     return LoadedModel(
         model=model, tokenizer=tokenizer, model_id=model_id or _default_model_id(spec, path),
-        dtype=dtype, weights_fingerprint=_weights_fingerprint(path, plan.format), weights=plan,
+        dtype=dtype, weights_fingerprint=_weights_fingerprint(path, plan.scope_name), weights=plan,
         tokenizer_fingerprint=_tokenizer_fingerprint(tokenizer),
         max_context=int(getattr(model.config, "max_position_embeddings", 2048)),
         eos_token_ids=tuple(sorted(eos)))

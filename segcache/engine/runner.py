@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
+from segcache.engine import native
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 from segcache.engine.units import prefill_units
@@ -48,6 +49,7 @@ class Runner:
         count depends only on a forward's length, so cached and uncached runs still match bit for bit.
         """
         self.threads = threads or os.cpu_count() or 1
+        native.set_threads(self.threads)
         self.loaded = loaded
         self.model = loaded.model
         self.lean = self._lean_forward(loaded) if lean and LlamaForward.supports(loaded.model) else None

@@ -1,7 +1,7 @@
 """The weight format: which one serves (`--weights`), and building each projection in it.
 
     bf16 | float32   dense weights in that dtype (the dtype of the whole forward)
-    int8             per-output-channel int8, quantized at load time from the dense weights
+    int8             int8, quantized at load time from the dense weights
     int4             a GGUF's own Q4_0/Q4_1 blocks as they are; a model without them is quantized
                      groupwise at load time
     auto             int4 where the model file carries Q4 blocks (they ARE the model's weights, so
@@ -9,8 +9,15 @@
                      bfloat16, else the dense dtype. torch's integer kernels take bfloat16 activations
                      on a fast path; with float32 ones they are 5-10x slower than dense (measured).
 
-The format changes the KV a prompt produces, so it is part of the cache scope and the weights
-fingerprint (engine/model.py).
+Quantized formats run on one of two kernel sets, `WeightPlan.kernels`:
+
+    vnni    our block kernels (engine/native.py): int4 as Q4 blocks of 32, int8 as Q8_0 blocks of 32,
+            and the output layer from a GGUF's own Q8_0 embedding; activations quantized to int8
+    torch   torch's weight-only kernels: int4 groupwise, int8 per output channel (where vnni cannot
+            be built: no gcc, no AVX512-VNNI, or SEGCACHE_KERNELS=torch)
+
+The format and the kernels change the KV a prompt produces, so both are part of the cache scope and
+the weights fingerprint (engine/model.py).
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from pathlib import Path
 import torch
 
 from segcache.config import WEIGHT_FORMATS
+from segcache.engine import native
 from segcache.engine.gguf_blocks import INT4_TYPES, GgufBlocks
-from segcache.engine.linear import DenseLinear, Int4Linear, Int8Linear
-from segcache.engine.quant import INT4_GROUP, concat_int4, quantize_int4, quantize_int8
+from segcache.engine.linear import BlockLinear, DenseLinear, Int4Linear, Int8Linear
+from segcache.engine.quant import INT4_GROUP, Int4Codes, concat_int4, quantize_int4, quantize_int8
 
 DENSE_FORMATS = {"bf16": torch.bfloat16, "float32": torch.float32}
 
@@ -37,10 +45,16 @@ class WeightPlan:
     format: str                 # bf16 | float32 | int8 | int4 (never auto)
     reason: str                 # why this format, for the start-up log
     gguf_path: Path | None      # the file whose raw blocks int4 runs, when there is one
+    kernels: str = "dense"      # dense | vnni | torch (module docstring)
 
     @property
     def quantized(self) -> bool:
         return self.format not in DENSE_FORMATS
+
+    @property
+    def scope_name(self) -> str:
+        """What the weights fingerprint hashes: the format, and for a quantized one its kernels."""
+        return f"{self.format}/{self.kernels}" if self.quantized else self.format
 
 
 def dense_format(dtype: torch.dtype) -> str:
@@ -56,15 +70,20 @@ def plan_weights(requested: str, dtype: torch.dtype, gguf_path: Path | None) -> 
                              "(or --dtype auto)")
         return WeightPlan(requested, f"--weights {requested} was asked for", None)
     source = gguf_path if gguf_path is not None and _has_q4_blocks(gguf_path) else None
+    unavailable = native.unavailable_reason()
+    kernels = "torch" if unavailable else "vnni"
+    kernels_note = f"; torch's kernels because {unavailable}" if unavailable else "; on the VNNI block kernels"
     if requested != "auto":
-        return WeightPlan(requested, f"--weights {requested} was asked for", source if requested == "int4" else None)
+        return WeightPlan(requested, f"--weights {requested} was asked for{kernels_note}",
+                          source if requested == "int4" else None, kernels)
     if source is None:
         return WeightPlan(dense_format(dtype), "the model has no Q4 blocks (int8 would re-quantize it)", None)
     if dtype != torch.bfloat16:
-        return WeightPlan(dense_format(dtype), "the integer kernels are fast only with bfloat16 activations "
-                          "(float32: 5-10x slower than dense)", None)
+        return WeightPlan(dense_format(dtype), "float32 serves as the exact reference: dense float32 weights and "
+                          "activations (int4 would quantize both; ask for it with --weights int4)", None)
     return WeightPlan("int4", f"{source.name} carries Q4 blocks: int4 runs them as they are (the same "
-                      "weights the dense path dequantizes, fewer bytes read per decoded token)", source)
+                      f"weights the dense path dequantizes, fewer bytes read per decoded token){kernels_note}",
+                      source, kernels)
 
 
 class ProjectionBuilder:
@@ -78,6 +97,8 @@ class ProjectionBuilder:
     def build(self, gguf_names: tuple[str, ...], weights: list[torch.Tensor], bias: torch.Tensor | None = None):
         """One projection from its parts (fused parts stack along the output dimension)."""
         dense = DenseLinear(torch.cat(weights) if len(weights) > 1 else weights[0], bias)
+        if self.plan.quantized and self.plan.kernels == "vnni":
+            return self._blocks(gguf_names, dense, len(weights))
         if self.plan.format == "int8":
             self.notes["quantized to int8 per output channel"] += len(weights)
             return Int8Linear(quantize_int8(dense.weight, self.dtype), dense)
@@ -91,6 +112,28 @@ class ProjectionBuilder:
         self.notes["quantized to int4 (groups of 32) at load"] += len(weights)
         return Int4Linear(quantize_int4(dense.weight), dense)
 
+    def _blocks(self, gguf_names: tuple[str, ...], dense: DenseLinear, num_parts: int):
+        """The VNNI kernels: Q4 blocks for int4 (a GGUF's own, else quantized here), Q8 blocks for int8
+        and for whatever int4 cannot hold; inputs not a multiple of 64 stay dense."""
+        if dense.in_features % 64:
+            self.notes["input size not a multiple of 64: dense"] += num_parts
+            return dense
+        kinds = [self.gguf.type_name(name) for name in gguf_names] if self.gguf is not None else []
+        if self.plan.format == "int4":
+            if kinds and all(kind in INT4_TYPES for kind in kinds):
+                self.notes[f"run as their GGUF {'/'.join(sorted(set(kinds)))} blocks"] += num_parts
+                return BlockLinear(_pack_int4(concat_int4([self.gguf.int4(name) for name in gguf_names])), dense)
+            if kinds == ["Q8_0"]:
+                self.notes[f"run as their GGUF Q8_0 blocks ({gguf_names[0]})"] += num_parts
+                codes, scale = self.gguf.q8_0(gguf_names[0])
+                return BlockLinear(native.pack_q8(codes, scale), dense)
+            if not kinds:
+                self.notes["quantized to Q4 blocks of 32 at load"] += num_parts
+                return BlockLinear(_pack_int4(quantize_int4(dense.weight)), dense)
+        self.notes[(f"{'/'.join(map(str, kinds))} ({', '.join(gguf_names)}): " if kinds else "")
+                   + "quantized to Q8 blocks of 32 at load"] += num_parts
+        return BlockLinear(native.pack_q8(*native.quantize_q8(dense.weight)), dense)
+
     def summary(self) -> str:
         return "; ".join(f"{count} tensors {what}" for what, count in sorted(self.notes.items())) or "dense"
 
@@ -102,6 +145,12 @@ class ProjectionBuilder:
         self.notes[f"{'/'.join(map(str, kinds))} ({', '.join(gguf_names)}): dequantized, then int8 per "
                    "output channel"] += len(kinds)
         return Int8Linear(quantize_int8(dense.weight, self.dtype), dense)
+
+
+def _pack_int4(codes: Int4Codes):
+    """Int4 codes (w = scale (q - 8) + offset) as Q4 blocks (w = d q + m): m = offset - 8 scale, exact
+    for a GGUF's own blocks (offset was m + 8d, computed exactly from two float16 values)."""
+    return native.pack_q4(codes.codes, codes.scale, codes.offset - 8 * codes.scale)
 
 
 def _has_q4_blocks(path: Path) -> bool:

@@ -1,0 +1,122 @@
+"""The VNNI block kernels (engine/native.py): they compute what they say, give every row its own bits
+whatever the batch and thread count, load a GGUF's own blocks exactly, and are what int4 and int8 serve
+on where they can be built (with torch's kernels as the fallback and a different cache scope)."""
+
+import numpy as np
+import pytest
+import torch
+
+from segcache.engine import native
+from segcache.engine.gguf_blocks import GgufBlocks, unpermute_rows
+from segcache.engine.linear import KERNEL_MAX_ROWS, BlockLinear, DenseLinear, Int4Linear, is_row_invariant
+from segcache.engine.model import embedded_gguf_path
+from segcache.engine.quant import quantize_int4
+from segcache.engine.weights import _pack_int4, plan_weights
+
+pytestmark = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+def _random_q4(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (num_out, num_in), generator=generator, dtype=torch.uint8)
+    d = (torch.rand((num_out, num_in // 32), generator=generator) * 0.01).half().float()
+    m = (-torch.rand((num_out, num_in // 32), generator=generator) * 0.08).half().float()
+    return native.pack_q4(codes, d, m)
+
+
+def _random_q8(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
+    weight = torch.randn((num_out, num_in), generator=torch.Generator().manual_seed(seed)) * 0.05
+    return native.pack_q8(*native.quantize_q8(weight))
+
+
+@pytest.mark.parametrize("kind", ["q4", "q8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind, dtype):
+    weights = _random_q4(200, 576, 1) if kind == "q4" else _random_q8(200, 576, 1)
+    x = torch.randn((5, 576), generator=torch.Generator().manual_seed(2)).to(dtype)
+    expected = native.reference_matmul(x, weights.dequantize())
+    got = weights.matmul(x)
+    assert got.dtype == dtype and got.shape == (5, 200)
+    # float32 sums of per-block products vs a float64 reference; bfloat16 adds its output rounding
+    tolerance = 1e-5 if dtype == torch.float32 else 2 ** -8
+    torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["q4", "q8"])
+def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind):
+    weights = _random_q4(3072, 576, 3) if kind == "q4" else _random_q8(3072, 576, 3)
+    dense = DenseLinear(weights.dequantize().bfloat16())
+    linear = BlockLinear(weights, dense)
+    assert is_row_invariant(linear)        # batch sizes 1..KERNEL_MAX_ROWS, each row against itself alone
+    x = torch.randn((KERNEL_MAX_ROWS, 576), generator=torch.Generator().manual_seed(4)).bfloat16()
+    results = []
+    for threads in (1, 2, 3):
+        native.set_threads(threads)
+        results.append(linear(x))
+    native.set_threads(2)
+    assert all(torch.equal(result, results[0]) for result in results)
+
+
+def test_inputs_that_are_not_whole_pairs_of_blocks_are_refused():
+    weights = _random_q4(8, 128, 5)
+    weights.num_in = 96
+    with pytest.raises(RuntimeError, match="refused"):
+        weights.matmul(torch.zeros((1, 96)))
+
+
+@pytest.fixture(scope="module")
+def blocks(model_dir):
+    return GgufBlocks(embedded_gguf_path())
+
+
+def test_the_gguf_q4_1_blocks_pack_exactly(blocks):
+    import gguf
+
+    reader = {t.name: t for t in gguf.GGUFReader(embedded_gguf_path()).tensors}
+    for name, heads in (("blk.5.ffn_up.weight", None), ("blk.29.attn_q.weight", 9)):
+        tensor = reader[name]
+        expected = torch.from_numpy(gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type))
+        if heads:
+            expected = expected[unpermute_rows(expected.shape[0], heads)]
+        assert torch.equal(_pack_int4(blocks.int4(name)).dequantize(), expected)
+
+
+def test_the_q8_0_embedding_packs_exactly_as_the_output_layer(blocks, load):
+    embedding = load("default", "float32", "float32").model.model.embed_tokens.weight
+    codes, scale = blocks.q8_0("token_embd.weight")
+    assert torch.equal(native.pack_q8(codes, scale).dequantize(), embedding)
+
+
+def test_int4_on_the_default_model_runs_every_projection_on_the_block_kernels(load):
+    from segcache.engine.runner import Runner
+
+    loaded = load("default", "bfloat16", "int4")
+    assert loaded.weights.kernels == "vnni" and loaded.weights.scope_name == "int4/vnni"
+    forward = Runner(loaded).lean
+    kinds = {name: linear.blocks.kind for name, linear in forward.projections()}
+    assert kinds.pop("lm_head") == "q8" and set(kinds.values()) == {"q4"}
+    assert all(is_row_invariant(linear, batch_sizes=(1, 3, 16)) for _, linear in list(forward.projections())[:4])
+
+
+def test_the_kernels_are_part_of_the_cache_scope_and_torch_is_the_fallback(monkeypatch, model_dir):
+    vnni = plan_weights("int4", torch.bfloat16, embedded_gguf_path())
+    monkeypatch.setenv("SEGCACHE_KERNELS", "torch")
+    fallback = plan_weights("int4", torch.bfloat16, embedded_gguf_path())
+    assert (vnni.kernels, fallback.kernels) == ("vnni", "torch")
+    assert "SEGCACHE_KERNELS=torch" in fallback.reason and vnni.scope_name != fallback.scope_name
+    from segcache.engine.weights import ProjectionBuilder
+
+    weight = torch.randn((64, 128), generator=torch.Generator().manual_seed(6)).bfloat16()
+    torch_plan = plan_weights("int4", torch.bfloat16, None)
+    assert isinstance(ProjectionBuilder(torch_plan, torch.bfloat16).build(("x",), [weight]), Int4Linear)
+    monkeypatch.delenv("SEGCACHE_KERNELS")
+    vnni_plan = plan_weights("int4", torch.bfloat16, None)
+    assert isinstance(ProjectionBuilder(vnni_plan, torch.bfloat16).build(("x",), [weight]), BlockLinear)
+
+
+def test_load_time_int4_of_a_model_without_blocks_is_near_the_weights():
+    weight = torch.randn((32, 128), generator=torch.Generator().manual_seed(7))
+    packed = _pack_int4(quantize_int4(weight))
+    step = (weight.view(32, 4, 32).amax(-1) - weight.view(32, 4, 32).amin(-1)) / 15
+    assert ((packed.dequantize() - weight).abs() <= step.repeat_interleave(32, dim=1) * 0.51 + 1e-3).all()
