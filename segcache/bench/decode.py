@@ -8,8 +8,13 @@ share the cores. Figures per format:
     batched step    one `decode_batch` forward of `--batch` sequences (prompts of 32..47 tokens):
                     ms per step, aggregate tokens/s, and the per-row share (ms per step / batch)
 
-When llama-cpp-python is importable, its single-stream decode on the same GGUF joins the table (one
-thread, as segcache's decode runs on one thread).
+Quantized formats run on the VNNI block kernels where they build (engine/native.py); `int4-torch` and
+`int8-torch` are the same formats on torch's kernels (SEGCACHE_KERNELS=torch), for comparison.
+`--threads` is the runner's thread count: a decode step's elementwise ops run on one thread either way,
+the block kernels split their outputs over the threads.
+
+When llama-cpp-python is importable, its single-stream decode on the same GGUF joins the table, on the
+same thread count.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,7 +32,8 @@ from pathlib import Path
 from segcache.bench.markdown import replace_section
 
 SECTION = "Decode cost per token"
-FORMATS = (("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4"))
+FORMATS = (("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4"), ("bfloat16", "int8-torch"),
+           ("bfloat16", "int4-torch"))
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -36,6 +43,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=16, help="rows of the batched decode step")
     parser.add_argument("--batch-steps", type=int, default=16, help="timed batched decode steps")
     parser.add_argument("--formats", default=",".join(w for _, w in FORMATS), help="comma-separated subset")
+    parser.add_argument("--threads", type=int, default=1, help="the runner's threads (and the peer's)")
     parser.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python even if installed")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
@@ -66,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
 def probe(args: argparse.Namespace, dtype: str, weights: str, out: Path) -> dict:
     print(f"measuring {dtype}/{weights} ...", file=sys.stderr, flush=True)
+    fmt, _, kernels = weights.partition("-")
+    env = {**os.environ, "SEGCACHE_KERNELS": kernels} if kernels else None
     subprocess.run([sys.executable, "-m", "segcache.bench.decode_probe", "--model", args.model, "--dtype", dtype,
-                    "--weights", weights, "--out", str(out), "--steps", str(args.steps),
-                    "--batch", str(args.batch), "--batch-steps", str(args.batch_steps)], check=True)
+                    "--weights", fmt, "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
+                    "--batch", str(args.batch), "--batch-steps", str(args.batch_steps)], check=True, env=env)
     return json.loads(out.read_text())
 
 
@@ -98,15 +108,17 @@ def table(rows: list[dict], clock: str = "cpu") -> str:
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    peer = ("llama-cpp-python: the same GGUF through `Llama(n_threads=1)`, tokens/s of its own decode loop"
+    peer = (f"llama-cpp-python: the same GGUF through `Llama(n_threads={args.threads})`, tokens/s of its own "
+            "decode loop"
             if any(r["format"] == "llama-cpp-python" for r in rows) else
             f"{getattr(args, 'peer_failure', None)}: no peer row in this run" if getattr(args, "peer_failure", None)
             else "llama-cpp-python is not installed here: no peer row in this run")
     return "\n\n".join([
-        f"Each format in its own process, on the engine's runner (no HTTP), one thread: single stream = "
+        f"Each format in its own process, on the engine's runner (no HTTP), {args.threads} thread(s): single "
+        f"stream = "
         f"{args.steps} greedy decode steps after a 32-token prompt; batched = {args.batch_steps} steps of one "
         f"forward over {args.batch} sequences (prompts of 32..{31 + args.batch} tokens). {peer}.",
         f"Command: `segcache bench decode --model {args.model} --steps {args.steps} --batch {args.batch} "
-        f"--batch-steps {args.batch_steps}`",
+        f"--batch-steps {args.batch_steps} --threads {args.threads}`",
         "Tokens per CPU-second of the process (the steadier figure on a shared machine):", table(rows, "cpu"),
         "Tokens per wall-clock second:", table(rows, "wall")])

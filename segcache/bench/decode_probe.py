@@ -1,4 +1,6 @@
 """One weight format's decode cost, measured in its own process: a single stream and one batched step.
+The process's torch threads are one (a decode step's elementwise ops run on one thread in the server
+too); `--threads` is the runner's count, which the block kernels use.
 Run by `segcache bench decode`; prints nothing, writes a JSON file.
 
     python -m segcache.bench.decode_probe --dtype bfloat16 --weights int4 --out probe.json
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batch-steps", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.weights == "llama-cpp-python":
         result = peer_figures(args)
@@ -41,9 +44,10 @@ def main() -> None:
 
 def segcache_figures(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, args.dtype, weights=args.weights)
-    runner = Runner(loaded, threads=1)
+    runner = Runner(loaded, threads=args.threads)
     filler = held_text_ids(loaded.tokenizer) * 4
-    return {"format": loaded.weights.format, "dtype": loaded.dtype_name,
+    kernels = "" if loaded.weights.kernels in ("dense", "vnni") else f"-{loaded.weights.kernels}"
+    return {"format": loaded.weights.format + kernels, "dtype": loaded.dtype_name, "threads": args.threads,
             "single_tok_s": single_stream(runner, filler[:PROMPT_TOKENS], args.steps),
             "batch": args.batch, "batch_step_ms": batched_step_ms(runner, filler, args.batch, args.batch_steps)}
 
@@ -108,7 +112,8 @@ def peer_figures(args: argparse.Namespace) -> dict:
     from segcache.engine.model import embedded_gguf_path
 
     ids = held_text_ids(load_tokenizer(args.model))[:PROMPT_TOKENS]
-    llm = Llama(model_path=str(embedded_gguf_path()), n_threads=1, n_threads_batch=1, n_ctx=512, verbose=False)
+    llm = Llama(model_path=str(embedded_gguf_path()), n_threads=args.threads, n_threads_batch=args.threads,
+                n_ctx=512, verbose=False)
     generated, clock = 0, Clock()
     for _ in llm.generate(ids, temp=0.0, top_k=1):
         generated += 1

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from segcache.cache.tree import SegmentTree, SharePolicy
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import CacheManager
 from segcache.engine.executor import Executor
+from segcache.engine.fused_decode import first_variant_row as first_fused_variant_row
 from segcache.engine.invariance import BatchingVerdict, decide_batching
 from segcache.engine.model import LoadedModel, load_model
 from segcache.engine.request import EngineRequest, Event
@@ -285,9 +287,10 @@ def _batching_verdict(config: ServeConfig, runner: Runner) -> BatchingVerdict:
     projections: seconds) and shared by every engine on that model, as its lean forward is."""
     key = f"batching {config.batching} {config.max_batch}"
     if key not in runner.loaded.prepared:
+        fused = runner.lean.fused if runner.can_batch else None
         runner.loaded.prepared[key] = decide_batching(
             config.batching, _distinct_projections(runner.lean) if runner.can_batch else None, runner.loaded.dtype,
-            config.max_batch)
+            config.max_batch, None if fused is None else partial(first_fused_variant_row, runner.lean))
     return runner.loaded.prepared[key]
 
 

@@ -28,14 +28,21 @@ class BatchingRefused(ValueError):
 
 
 def decide_batching(mode: str, linears: Sequence[tuple[str, Callable]] | None, dtype: torch.dtype,
-                    max_batch: int) -> BatchingVerdict:
-    """`linears`: (name, projection) pairs of the lean forward, or None (library forward: no batching)."""
+                    max_batch: int, fused_check: Callable[[int], str | None] | None = None) -> BatchingVerdict:
+    """`linears`: (name, projection) pairs of the lean forward, or None (library forward: no batching).
+    `fused_check(max_batch)`: where decode runs as one native step (engine/fused_decode.py), the check of
+    that step's rows, which replaces the per-projection one."""
     if mode == "off":
         return BatchingVerdict(mode, False, "--batching off: one sequence per decode forward")
     if linears is None:
         failure = "this model runs on the library's forward, which decodes one sequence per forward"
     elif max_batch < 2:
         return BatchingVerdict(mode, False, "--max-batch 1: one sequence per decode forward")
+    elif fused_check is not None:
+        failure = fused_check(max_batch)
+        if failure is None:
+            return BatchingVerdict(mode, True, f"row invariance of the fused decode step verified in {_name(dtype)} "
+                                   f"for batches of up to {max_batch}: decode steps are batched")
     else:
         failure = first_variant_row(linears, dtype, max_batch)
     if failure is None:

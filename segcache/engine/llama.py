@@ -53,6 +53,18 @@ class LlamaForward:
         self.final_norm = _norm_weight(inner.norm.weight)
         self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
+        self.fused = self._fused(inner)
+
+    def _fused(self, inner: torch.nn.Module):
+        """The one-call native decode step where the weights allow it (engine/fused_decode.py), else None;
+        `fused_reason` says which and why."""
+        from segcache.engine.fused_decode import FusedDecode
+
+        self.fused_reason = FusedDecode.unsupported(self)
+        if self.fused_reason is not None:
+            return None
+        norms = [(layer.input_layernorm.weight, layer.post_attention_layernorm.weight) for layer in inner.layers]
+        return FusedDecode(self, norms, inner.norm.weight)
 
     @property
     def num_layers(self) -> int:
@@ -112,7 +124,10 @@ class LlamaForward:
                 attn_b = sdpa(q_b, cache_b[layer, 0, :, :pos_b + 1], cache_b[layer, 1, :, :pos_b + 1])
 
         Every per-sequence view of the buffers is cut once per step (`unbind` over layers), not once per layer.
+        On block-quantized weights the whole step is one native call instead (`self.fused`).
         """
+        if self.fused is not None:
+            return self.fused(caches, positions, ids)
         num_seqs = ids.shape[0]
         x = F.embedding(ids, self.embed)                                      # (B, C)
         index = torch.tensor(positions, dtype=torch.long)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).parent / "kernels" / "qmatmul.c"
+KERNELS = Path(__file__).parent / "kernels"
+SOURCE = KERNELS / "decode.c"           # includes qmatmul.c: one translation unit, one library
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
          "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
-KERNEL_NAME = "vnni"          # in the weights fingerprint: a change of kernel is a change of cache scope
 THREADED_WORK = 1 << 18       # weights (N x K) from which a call splits its outputs over the threads
 
 
@@ -43,11 +43,25 @@ def set_threads(count: int) -> None:
     _threads = max(1, count)
 
 
+def threads() -> int:
+    return _threads
+
+
 def unavailable_reason() -> str | None:
     """None when the native kernels can serve, else why not (for the start-up log)."""
     if os.environ.get("SEGCACHE_KERNELS", "").lower() == "torch":
         return "SEGCACHE_KERNELS=torch"
     return _load()[1]
+
+
+@lru_cache(maxsize=1)
+def kernel_id() -> str:
+    """A digest of the kernel sources and flags: part of the weights fingerprint, since other kernels
+    give other bits."""
+    digest = hashlib.sha256(" ".join(FLAGS).encode())
+    for path in sorted(KERNELS.glob("*.[ch]")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _cpu_flags() -> set[str]:
@@ -77,14 +91,16 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
         function.restype = ctypes.c_int
+    library.segcache_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    library.segcache_decode_step.restype = ctypes.c_int
     return library, None
 
 
 def _build(compiler: str) -> Path:
     """The shared library for this source and these flags, compiled once; concurrent first starts each
     compile into a temporary file and rename, so none ever loads half a file."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    key = kernel_id()
     directory = Path(os.environ.get("SEGCACHE_KERNEL_DIR", Path.home() / ".cache" / "segcache" / "kernels"))
     target = directory / f"qmatmul-{key}.so"
     if target.exists():

@@ -69,7 +69,9 @@ class Runner:
             projections = ProjectionBuilder(loaded.weights, loaded.dtype)
             loaded.prepared["lean"] = LlamaForward(loaded.model, projections)
             if loaded.weights.quantized:
-                log.warning("segcache: weights %s: %s", loaded.weights.format, projections.summary())
+                log.warning("segcache: weights %s: %s; decode %s", loaded.weights.format, projections.summary(),
+                            "in one native call per step" if loaded.prepared["lean"].fused is not None
+                            else f"per tensor op ({loaded.prepared['lean'].fused_reason})")
         return loaded.prepared["lean"]
 
     # ---------------------------------------------------------------- prefill

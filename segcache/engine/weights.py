@@ -54,7 +54,9 @@ class WeightPlan:
     @property
     def scope_name(self) -> str:
         """What the weights fingerprint hashes: the format, and for a quantized one its kernels."""
-        return f"{self.format}/{self.kernels}" if self.quantized else self.format
+        if not self.quantized:
+            return self.format
+        return f"{self.format}/vnni-{native.kernel_id()}" if self.kernels == "vnni" else f"{self.format}/torch"
 
 
 def dense_format(dtype: torch.dtype) -> str:

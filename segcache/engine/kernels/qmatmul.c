@@ -24,6 +24,9 @@
 #include <math.h>
 
 #define BLOCK 32
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 1024
+#endif
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -126,7 +129,16 @@ q4_tile(const int NT, const int R, const Q4Act *act, int64_t pairs, const uint8_
         #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             acc[t][r] = _mm256_setzero_ps();
+    /* The tile's codes are NT rows of `pairs` x 32 bytes, one after another; fetch the next tiles' while
+       this one computes (a single thread's stream from memory is the bound at one row otherwise). */
+    const char *ahead = (const char *)(codes + (n + NT) * pairs * 32) + PREFETCH_BYTES;
+    const char *ahead_scales = (const char *)(scales + (n + NT) * pairs * 4) + PREFETCH_BYTES / 4;
     for (int64_t p = 0; p < pairs; p++) {
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            _mm_prefetch(ahead + (p * NT + t) * 32, _MM_HINT_T0);
+        if ((p & 3) == 0)
+            _mm_prefetch(ahead_scales + p * NT * 8, _MM_HINT_T0);
         #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
             __m256i packed = _mm256_loadu_si256((const __m256i *)(codes + ((n + t) * pairs + p) * 32));

@@ -1,0 +1,127 @@
+"""A lean forward's decode step as one native call (engine/kernels/decode.c), where its weights allow.
+
+    LlamaForward.decode(caches, positions, ids)
+        fused:      x = embed(ids) -> segcache_decode_step(all layers, B sequences) -> logits (B, V)
+        otherwise:  the per-layer tensor ops of engine/llama.py, each projection its own kernel call
+
+Eligible: every layer projection on Q4 blocks (int4 on the VNNI kernels), the output layer on Q4 or Q8
+blocks, no projection biases, a head size that is a multiple of 16 (<= 256), KV buffers in bfloat16 or
+float32. `FusedDecode.build` says why not otherwise, for the start-up log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from segcache.engine import native
+from segcache.engine.linear import BlockLinear
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "heads", "kv_heads", "head_dim",
+                                                    "inter", "vocab", "max_positions")] + [
+        ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int)] + [
+        (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "qkv_scales", "o_codes",
+                                             "o_scales", "gate_up_codes", "gate_up_scales", "down_codes",
+                                             "down_scales", "final_norm", "head_codes", "head_scales",
+                                             "cos_table", "sin_table")]
+
+
+class FusedDecode:
+    def __init__(self, forward, norms: list[tuple[torch.Tensor, torch.Tensor]], final_norm: torch.Tensor):
+        """`norms`: each layer's (input, post-attention) RMSNorm weights, `final_norm` the last one."""
+        layers = forward.layers
+        self._keep = []                                  # every tensor whose address the struct holds
+
+        def addresses(tensors) -> int:
+            tensors = [t.contiguous() for t in tensors]
+            table = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+            self._keep.extend([*tensors, table])
+            return table.data_ptr()
+
+        def keep(tensor: torch.Tensor) -> int:
+            tensor = tensor.contiguous()
+            self._keep.append(tensor)
+            return tensor.data_ptr()
+
+        head = forward.lm_head.blocks
+        inter = layers[0].down_proj.blocks.num_in
+        self.model = _Model(
+            num_layers=len(layers), hidden=layers[0].qkv.blocks.num_in, heads=forward.num_heads,
+            kv_heads=forward.num_kv_heads, head_dim=forward.head_dim, inter=inter, vocab=head.num_out,
+            max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
+            kv_bf16=int(forward.dtype == torch.bfloat16),
+            input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
+            qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
+            qkv_scales=addresses([l.qkv.blocks.scales for l in layers]),
+            o_codes=addresses([l.o_proj.blocks.codes for l in layers]),
+            o_scales=addresses([l.o_proj.blocks.scales for l in layers]),
+            gate_up_codes=addresses([l.gate_up.blocks.codes for l in layers]),
+            gate_up_scales=addresses([l.gate_up.blocks.scales for l in layers]),
+            down_codes=addresses([l.down_proj.blocks.codes for l in layers]),
+            down_scales=addresses([l.down_proj.blocks.scales for l in layers]),
+            final_norm=keep(final_norm.float()), head_codes=keep(head.codes), head_scales=keep(head.scales),
+            cos_table=keep(forward.cos.float()), sin_table=keep(forward.sin.float()))
+        self.dtype, self.embed, self.hidden = forward.dtype, forward.embed, self.model.hidden
+
+    @staticmethod
+    def unsupported(forward) -> str | None:
+        """None when the forward's decode can run fused, else why not."""
+        if native.unavailable_reason() is not None:
+            return native.unavailable_reason()
+        projections = [linear for _, linear in forward.projections()]
+        if not all(isinstance(p, BlockLinear) for p in projections):
+            return "not every projection is on the block kernels"
+        if any(p.blocks.kind != "q4" for p in projections[:-1]):
+            return "not every layer projection is Q4 blocks"
+        if any(p.dense.bias is not None for p in projections):
+            return "the projections have biases"
+        if forward.head_dim % 16 or forward.head_dim > 256 or forward.dtype not in (torch.bfloat16, torch.float32):
+            return f"head size {forward.head_dim} or dtype {forward.dtype} not supported"
+        return None
+
+    @torch.inference_mode()
+    def __call__(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor) -> torch.Tensor:
+        """One token for each of B sequences: their next logits (B, V) in the model dtype; KV written."""
+        library, reason = native._load()
+        num_seqs = ids.shape[0]
+        x = F.embedding(ids, self.embed).float().contiguous()                  # (B, C), overwritten
+        addresses = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64)
+        capacities = torch.tensor([c.shape[3] for c in caches], dtype=torch.int64)
+        where = torch.tensor(positions, dtype=torch.int64)
+        logits = torch.empty((num_seqs, self.model.vocab), dtype=self.dtype)
+        status = library.segcache_decode_step(ctypes.byref(self.model), x.data_ptr(), num_seqs, addresses.data_ptr(),
+                                              capacities.data_ptr(), where.data_ptr(), logits.data_ptr(),
+                                              native.threads())
+        if status != 0:
+            raise RuntimeError(f"fused decode refused positions {positions} (capacities {capacities.tolist()})")
+        return logits
+
+
+@torch.inference_mode()
+def first_variant_row(forward, max_batch: int, seed: int = 0) -> str | None:
+    """The start-up batch-invariance check of a fused decode step (engine/invariance.py): sequences with
+    random KV at different lengths, decoded alone and in batches up to `max_batch`; None if every row's
+    logits and KV have the same bits in the batch as alone, else what differed."""
+    generator = torch.Generator().manual_seed(seed)
+    caches, positions = [], []
+    for row in range(max_batch):
+        cache = forward.new_cache(16)
+        cache.copy_(torch.randn(cache.shape, generator=generator).to(cache.dtype))
+        caches.append(cache)
+        positions.append(1 + row % 13)
+    ids = torch.randint(0, forward.embed.shape[0], (max_batch,), generator=generator)
+    snapshot = [cache.clone() for cache in caches]
+    alone = [forward.fused((caches[row],), (positions[row],), ids[row:row + 1])[0] for row in range(max_batch)]
+    alone_kv = [cache.clone() for cache in caches]
+    for batch in sorted({2, max(2, max_batch // 2), max_batch}):
+        for row in range(batch):
+            caches[row].copy_(snapshot[row])
+        logits = forward.fused(tuple(caches[:batch]), tuple(positions[:batch]), ids[:batch])
+        for row in range(batch):
+            if not (torch.equal(logits[row], alone[row]) and torch.equal(caches[row], alone_kv[row])):
+                return f"the fused decode step gives row {row} different bits in a batch of {batch} than alone"
+    return None

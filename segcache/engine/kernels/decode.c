@@ -1,0 +1,260 @@
+/* One decode step of a Llama-family model on block-quantized weights: B sequences, every layer, one call.
+
+   Why one call: with the projections on the block kernels, a step's arithmetic is a few milliseconds,
+   and the ~80 small tensor ops per layer around them (norms, rotary, KV writes, per-sequence attention)
+   cost as much again in dispatch. Here they are loops over a few hundred floats, inside one OpenMP
+   region whose threads split each projection's outputs and the (sequence, KV head) pairs of attention.
+
+   Per layer, for each sequence b (the residual stream x stays float32 across the layers):
+       h = rmsnorm(x) ; qkv = h W_qkv ; rotate q, k at position p_b ; cache_b[layer] k|v at p_b
+       a = softmax(q k_{0..p_b} / sqrt(D)) v_{0..p_b}        (per head, grouped-query)
+       x += a W_o ; h = rmsnorm(x) ; x += (silu(h W_gate) * h W_up) W_down
+   then logits = rmsnorm(x) W_head.
+
+   Every row's arithmetic is the same whatever B, the row's place and the thread count (rows never mix;
+   each (sequence, KV head) is one thread's fixed loop), so a row decoded in a batch gets the bits it
+   gets alone. One translation unit with the block kernels, whose static functions it reuses.
+*/
+
+#include "qmatmul.c"
+
+#include <omp.h>
+
+typedef struct {
+    int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, vocab, max_positions;
+    float eps;
+    int head_q8;                    /* output layer: 1 = Q8 blocks, 0 = Q4 */
+    int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
+    const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
+    const int64_t *post_norm;
+    const int64_t *qkv_codes, *qkv_scales, *o_codes, *o_scales;         /* per layer: addresses */
+    const int64_t *gate_up_codes, *gate_up_scales, *down_codes, *down_scales;
+    const float *final_norm;
+    const uint8_t *head_codes;
+    const uint16_t *head_scales;
+    const float *cos_table, *sin_table;   /* (max_positions, head_dim); sin's first half negated */
+} Model;
+
+#define AT(array, index, type) ((const type *)(uintptr_t)(array)[index])
+
+static inline __m512 load16_kv(const void *base, int64_t at, int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at))), 16));
+    return _mm512_loadu_ps((const float *)base + at);
+}
+
+/* exp on 16 lanes: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], p the degree-6 Taylor polynomial
+   (relative error < 2e-7); lanes below -87 give 0. */
+static inline __m512 exp16(__m512 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* h = x / sqrt(mean(x^2) + eps) * w for one row, in a fixed order. */
+static void rms_norm_row(const float *x, const float *w, float *h, int64_t n, float eps) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    float inverse = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps);
+    __m512 scale = _mm512_set1_ps(inverse);
+    for (int64_t i = 0; i < n; i += 16)
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), scale), _mm512_loadu_ps(w + i)));
+}
+
+/* Rotate one head's vector in place: v * cos + (v2, v1) * signed_sin. */
+static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
+    int64_t half = d / 2;
+    float out[256];
+    for (int64_t i = 0; i < d; i++) {
+        float swapped = i < half ? v[i + half] : v[i - half];
+        float a = v[i] * cos[i], b = swapped * sin[i];
+        out[i] = a + b;
+    }
+    memcpy(v, out, (size_t)d * sizeof(float));
+}
+
+/* Grouped-query attention of one sequence's query heads of KV head g over keys 0..last. */
+static void attend(const Model *m, const float *q, void *cache, int64_t capacity, int64_t layer, int64_t g,
+                   int64_t last, float *out, float *scores) {
+    const int64_t D = m->head_dim, group = m->heads / m->kv_heads, S = last + 1;
+    const int64_t keys = ((layer * 2 + 0) * m->kv_heads + g) * capacity * D;
+    const int64_t values = ((layer * 2 + 1) * m->kv_heads + g) * capacity * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int64_t r = 0; r < group; r++) {
+        const float *qh = q + (g * group + r) * D;
+        float *s = scores + r * S;
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        for (int64_t j = 0; j < S; j++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t c = 0; c < D; c += 16)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + c), load16_kv(cache, keys + j * D + c, m->kv_bf16), acc);
+            s[j] = _mm512_reduce_add_ps(acc) * scale;
+        }
+        for (int64_t j = 0; j < S; j += 16) {
+            __mmask16 live = S - j >= 16 ? 0xffff : (__mmask16)((1u << (S - j)) - 1);
+            top = _mm512_mask_max_ps(top, live, top, _mm512_maskz_loadu_ps(live, s + j));
+        }
+        __m512 peak = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+        __m512 total = _mm512_setzero_ps();
+        for (int64_t j = 0; j < S; j += 16) {
+            __mmask16 live = S - j >= 16 ? 0xffff : (__mmask16)((1u << (S - j)) - 1);
+            __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + j), peak)));
+            _mm512_mask_storeu_ps(s + j, live, e);
+            total = _mm512_add_ps(total, e);
+        }
+        float inverse = 1.0f / _mm512_reduce_add_ps(total);
+        __m512 acc[16];
+        for (int64_t c = 0; c < D / 16; c++)
+            acc[c] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < S; j++) {
+            __m512 p = _mm512_set1_ps(s[j]);
+            for (int64_t c = 0; c < D / 16; c++)
+                acc[c] = _mm512_fmadd_ps(p, load16_kv(cache, values + j * D + c * 16, m->kv_bf16), acc[c]);
+        }
+        for (int64_t c = 0; c < D / 16; c++)
+            _mm512_storeu_ps(out + (g * group + r) * D + c * 16, _mm512_mul_ps(acc[c], _mm512_set1_ps(inverse)));
+    }
+}
+
+static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf16) {
+    for (int64_t i = 0; i < n; i++) {
+        if (bf16)
+            ((uint16_t *)cache)[at + i] = f32_to_bf16(v[i]);
+        else
+            ((float *)cache)[at + i] = v[i];
+    }
+}
+
+/* The outputs [part's share of N) of y = x W for the B rows quantized in `act`. */
+#define SPLIT(N, part, parts) chunk_start((N), (parts), (part)), chunk_start((N), (parts), (part) + 1)
+
+/* x (B, hidden) float32: the step's input embeddings, overwritten. caches: B addresses of (L, 2, H_kv,
+   capacity, D) buffers; positions: where each sequence's token goes. logits (B, vocab) in the KV dtype.
+   Returns 0, or -1 for shapes the kernels do not take or when memory ran out. */
+int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *caches, const int64_t *capacities,
+                         const int64_t *positions, void *logits, int threads) {
+    const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
+    const int64_t qkv_n = (H + 2 * Hkv) * D;
+    if (C % 64 || I % 64 || D % 16 || D > 256 || (H * D) % 64 || H % Hkv || B <= 0)
+        return -1;
+    int64_t longest = 0;
+    for (int64_t b = 0; b < B; b++) {
+        if (positions[b] >= capacities[b] || positions[b] >= m->max_positions)
+            return -1;
+        longest = positions[b] + 1 > longest ? positions[b] + 1 : longest;
+    }
+    threads = threads < 1 ? 1 : threads;
+    const int64_t group = H / Hkv;
+    float *h = aligned_alloc(64, (size_t)(B * C) * sizeof(float));
+    float *qkv = aligned_alloc(64, (size_t)(B * qkv_n) * sizeof(float));
+    float *attn = aligned_alloc(64, (size_t)(B * H * D) * sizeof(float));
+    float *gu = aligned_alloc(64, (size_t)(B * 2 * I) * sizeof(float));
+    float *tmp = aligned_alloc(64, (size_t)(B * C) * sizeof(float));
+    int64_t widest = (I > H * D ? I : H * D) > C ? (I > H * D ? I : H * D) : C;
+    Q4Act *act4 = aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act));
+    Q8Act *act8 = aligned_alloc(64, (size_t)(B * C / 32) * sizeof(Q8Act));
+    float *dx8 = malloc((size_t)(B * C / 32) * sizeof(float));
+    float *scores = malloc((size_t)(threads * group * ((longest + 15) / 16 * 16)) * sizeof(float));
+    int ok = h && qkv && attn && gu && tmp && act4 && act8 && dx8 && scores;
+    if (ok) {
+        #pragma omp parallel num_threads(threads)
+        {
+            const int parts = omp_get_num_threads(), me = omp_get_thread_num();
+            float *my_scores = scores + me * group * ((longest + 15) / 16 * 16);
+            for (int64_t l = 0; l < m->num_layers; l++) {
+                #pragma omp single
+                for (int64_t b = 0; b < B; b++) {
+                    rms_norm_row(x + b * C, AT(m->input_norm, l, float), h + b * C, C, m->eps);
+                    quantize_row_q4(h, 0, b * C, C, act4 + b * (C / 64));
+                }
+                q4_rows(act4, B, C / 64, AT(m->qkv_codes, l, uint8_t), AT(m->qkv_scales, l, uint16_t),
+                        SPLIT(qkv_n, me, parts), qkv, 0, qkv_n);
+                #pragma omp barrier
+                #pragma omp single
+                for (int64_t b = 0; b < B; b++) {
+                    const float *cos = m->cos_table + positions[b] * D, *sin = m->sin_table + positions[b] * D;
+                    float *row = qkv + b * qkv_n;
+                    for (int64_t head = 0; head < H + Hkv; head++)
+                        rotate(row + head * D, cos, sin, D);
+                    void *cache = (void *)(uintptr_t)caches[b];
+                    for (int64_t g = 0; g < Hkv; g++) {
+                        int64_t slot = positions[b] * D;
+                        store_kv(cache, ((l * 2 + 0) * Hkv + g) * capacities[b] * D + slot, row + (H + g) * D, D, m->kv_bf16);
+                        store_kv(cache, ((l * 2 + 1) * Hkv + g) * capacities[b] * D + slot, row + (H + Hkv + g) * D, D,
+                                 m->kv_bf16);
+                    }
+                }
+                #pragma omp for schedule(static)
+                for (int64_t item = 0; item < B * Hkv; item++) {
+                    int64_t b = item / Hkv, g = item % Hkv;
+                    attend(m, qkv + b * qkv_n, (void *)(uintptr_t)caches[b], capacities[b], l, g, positions[b],
+                           attn + b * H * D, my_scores);
+                }
+                #pragma omp single
+                for (int64_t b = 0; b < B; b++)
+                    quantize_row_q4(attn, 0, b * H * D, H * D, act4 + b * (H * D / 64));
+                q4_rows(act4, B, H * D / 64, AT(m->o_codes, l, uint8_t), AT(m->o_scales, l, uint16_t),
+                        SPLIT(C, me, parts), tmp, 0, C);
+                #pragma omp barrier
+                #pragma omp single
+                for (int64_t b = 0; b < B; b++) {
+                    for (int64_t i = 0; i < C; i++)
+                        x[b * C + i] += tmp[b * C + i];
+                    rms_norm_row(x + b * C, AT(m->post_norm, l, float), h + b * C, C, m->eps);
+                    quantize_row_q4(h, 0, b * C, C, act4 + b * (C / 64));
+                }
+                q4_rows(act4, B, C / 64, AT(m->gate_up_codes, l, uint8_t), AT(m->gate_up_scales, l, uint16_t),
+                        SPLIT(2 * I, me, parts), gu, 0, 2 * I);
+                #pragma omp barrier
+                #pragma omp single
+                for (int64_t b = 0; b < B; b++) {
+                    float *gate = gu + b * 2 * I, *up = gate + I;
+                    for (int64_t i = 0; i < I; i += 16) {
+                        __m512 g = _mm512_loadu_ps(gate + i);
+                        __m512 sig = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                                                   _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+                        _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_loadu_ps(up + i)));
+                    }
+                    quantize_row_q4(gate, 0, 0, I, act4 + b * (I / 64));
+                }
+                q4_rows(act4, B, I / 64, AT(m->down_codes, l, uint8_t), AT(m->down_scales, l, uint16_t),
+                        SPLIT(C, me, parts), tmp, 0, C);
+                #pragma omp barrier
+                #pragma omp single
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t i = 0; i < C; i++)
+                        x[b * C + i] += tmp[b * C + i];
+            }
+            #pragma omp single
+            for (int64_t b = 0; b < B; b++) {
+                rms_norm_row(x + b * C, m->final_norm, h + b * C, C, m->eps);
+                if (m->head_q8)
+                    quantize_row_q8(h, 0, b * C, C, act8 + b * (C / 32), dx8 + b * (C / 32));
+                else
+                    quantize_row_q4(h, 0, b * C, C, act4 + b * (C / 64));
+            }
+            if (m->head_q8)
+                q8_rows(act8, dx8, B, C / 32, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
+                        m->kv_bf16, m->vocab);
+            else
+                q4_rows(act4, B, C / 64, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
+                        m->kv_bf16, m->vocab);
+        }
+    }
+    free(h); free(qkv); free(attn); free(gu); free(tmp); free(act4); free(act8); free(dx8); free(scores);
+    return ok ? 0 : -1;
+}
