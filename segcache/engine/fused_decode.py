@@ -4,14 +4,15 @@
         fused:      x = embed(ids) -> segcache_decode_step(all layers, B sequences) -> logits (B, V)
         otherwise:  the per-layer tensor ops of engine/llama.py, each projection its own kernel call
 
-Eligible: every layer projection on Q4 blocks (int4 on the VNNI kernels), the output layer on Q4 or Q8
-blocks, no projection biases, a head size that is a multiple of 16 (<= 256), KV buffers in bfloat16 or
+Eligible: every layer projection on the VNNI block kernels, all Q4 (int4) or all Q8 (int8), the output
+layer on Q4 or Q8 blocks, no projection biases, a head size that is a multiple of 16 (<= 256), KV buffers in bfloat16 or
 float32. `FusedDecode.build` says why not otherwise, for the start-up log.
 """
 
 from __future__ import annotations
 
 import ctypes
+import time
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from segcache.engine.linear import BlockLinear
 class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "heads", "kv_heads", "head_dim",
                                                     "inter", "vocab", "max_positions")] + [
-        ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int)] + [
+        ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("layers_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int)] + [
         (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "qkv_scales", "o_codes",
                                              "o_scales", "gate_up_codes", "gate_up_scales", "down_codes",
                                              "down_scales", "final_norm", "head_codes", "head_scales",
@@ -53,6 +54,7 @@ class FusedDecode:
             num_layers=len(layers), hidden=layers[0].qkv.blocks.num_in, heads=forward.num_heads,
             kv_heads=forward.num_kv_heads, head_dim=forward.head_dim, inter=inter, vocab=head.num_out,
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
+            layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
             kv_bf16=int(forward.dtype == torch.bfloat16),
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
@@ -66,6 +68,7 @@ class FusedDecode:
             final_norm=keep(final_norm.float()), head_codes=keep(head.codes), head_scales=keep(head.scales),
             cos_table=keep(forward.cos.float()), sin_table=keep(forward.sin.float()))
         self.dtype, self.embed, self.hidden = forward.dtype, forward.embed, self.model.hidden
+        self.threads = ThreadChooser()
 
     @staticmethod
     def unsupported(forward) -> str | None:
@@ -75,8 +78,8 @@ class FusedDecode:
         projections = [linear for _, linear in forward.projections()]
         if not all(isinstance(p, BlockLinear) for p in projections):
             return "not every projection is on the block kernels"
-        if any(p.blocks.kind != "q4" for p in projections[:-1]):
-            return "not every layer projection is Q4 blocks"
+        if len({p.blocks.kind for p in projections[:-1]}) != 1:
+            return "the layer projections mix Q4 and Q8 blocks"
         if any(p.dense.bias is not None for p in projections):
             return "the projections have biases"
         if forward.head_dim % 16 or forward.head_dim > 256 or forward.dtype not in (torch.bfloat16, torch.float32):
@@ -84,8 +87,10 @@ class FusedDecode:
         return None
 
     @torch.inference_mode()
-    def __call__(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor) -> torch.Tensor:
-        """One token for each of B sequences: their next logits (B, V) in the model dtype; KV written."""
+    def __call__(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,
+                 threads: int | None = None) -> torch.Tensor:
+        """One token for each of B sequences: their next logits (B, V) in the model dtype; KV written.
+        `threads`: a fixed count instead of the chooser's (tests)."""
         library, reason = native._load()
         num_seqs = ids.shape[0]
         x = F.embedding(ids, self.embed).float().contiguous()                  # (B, C), overwritten
@@ -93,12 +98,47 @@ class FusedDecode:
         capacities = torch.tensor([c.shape[3] for c in caches], dtype=torch.int64)
         where = torch.tensor(positions, dtype=torch.int64)
         logits = torch.empty((num_seqs, self.model.vocab), dtype=self.dtype)
+        threads, started = threads or self.threads.pick(num_seqs), time.perf_counter()
         status = library.segcache_decode_step(ctypes.byref(self.model), x.data_ptr(), num_seqs, addresses.data_ptr(),
-                                              capacities.data_ptr(), where.data_ptr(), logits.data_ptr(),
-                                              native.threads())
+                                              capacities.data_ptr(), where.data_ptr(), logits.data_ptr(), threads)
+        self.threads.record(threads, time.perf_counter() - started, num_seqs)
         if status != 0:
             raise RuntimeError(f"fused decode refused positions {positions} (capacities {capacities.tolist()})")
         return logits
+
+
+class ThreadChooser:
+    """The fused step's thread count, chosen by measured time and re-chosen as the machine's load changes
+    (a row's bits do not depend on it). The step synchronizes its threads ~12 times per layer: on idle
+    cores two threads decode a row ~2.8x faster than one (measured here), but when other work holds the
+    cores each synchronization can wait a scheduler slice, and one thread is then many times faster.
+    So, per batch size class (1, 2-3, 4-7, 8-15, 16+ rows): try each count, run the faster one, and try
+    the other again every EXPLORE steps."""
+
+    EXPLORE = 64
+    WEIGHT = 0.3       # of the newest sample in the moving average
+
+    def __init__(self, most: int | None = None):
+        self.most = most
+        self.cost: dict[tuple[int, int], float] = {}     # (size class, threads) -> moving average of seconds
+        self.steps: dict[int, int] = {}
+
+    def pick(self, rows: int) -> int:
+        most = self.most or native.threads()
+        if most == 1:
+            return 1
+        size = min(rows, 16).bit_length()
+        self.steps[size] = self.steps.get(size, 0) + 1
+        untried = [count for count in (most, 1) if (size, count) not in self.cost]
+        if untried:
+            return untried[0]
+        ranked = sorted((most, 1), key=lambda count: self.cost[size, count])
+        return ranked[-1] if self.steps[size] % self.EXPLORE == 0 else ranked[0]
+
+    def record(self, threads: int, seconds: float, rows: int) -> None:
+        key = (min(rows, 16).bit_length(), threads)
+        previous = self.cost.get(key)
+        self.cost[key] = seconds if previous is None else (1 - self.WEIGHT) * previous + self.WEIGHT * seconds
 
 
 @torch.inference_mode()

@@ -168,7 +168,7 @@ def test_the_default_model_decodes_int4_in_one_native_call_and_agrees_with_the_t
 
 @torch.inference_mode()
 def test_a_fused_row_has_the_same_bits_in_any_batch_and_on_any_thread_count(int4_runner):
-    tokenizer = int4_runner.loaded.tokenizer
+    tokenizer, lean = int4_runner.loaded.tokenizer, int4_runner.lean
     prompts = [tokenizer(text)["input_ids"] for text in ("Once upon a time", "def add(a, b):", "Paris is",
                                                           "1, 2, 3, 4,", "The weather today")]
     states = []
@@ -176,19 +176,34 @@ def test_a_fused_row_has_the_same_bits_in_any_batch_and_on_any_thread_count(int4
         state = int4_runner.start([], len(prompt) + 4)
         int4_runner.prefill_part(state, tuple(prompt))
         states.append(state)
-    first = [int(s.last_logits.argmax()) for s in states]
+    first = torch.tensor([int(s.last_logits.argmax()) for s in states])
+    positions = tuple(s.num_tokens for s in states)
     snapshot = [s.cache.clone() for s in states]
-    batched = int4_runner.decode_batch(states, first)
-    batched_kv = [s.cache[:, :, :, :s.num_tokens].clone() for s in states]     # the rest was never written
-    for threads in (1, 2):
-        native.set_threads(threads)
+    batched = lean.fused(tuple(s.cache for s in states), positions, first, threads=2)
+    batched_kv = [s.cache[:, :, :, :p + 1].clone() for s, p in zip(states, positions)]   # the rest is unwritten
+    for threads in (1, 2, 3):
         for index, state in enumerate(states):
             state.cache.copy_(snapshot[index])
-            state.num_tokens -= 1
-            alone = int4_runner.decode_step(state, first[index])
-            assert torch.equal(alone, batched[index])
-            assert torch.equal(state.cache[:, :, :, :state.num_tokens], batched_kv[index])
-    native.set_threads(2)
+            alone = lean.fused((state.cache,), (positions[index],), first[index:index + 1], threads=threads)
+            assert torch.equal(alone[0], batched[index])
+            assert torch.equal(state.cache[:, :, :, :positions[index] + 1], batched_kv[index])
+
+
+def test_the_thread_count_follows_the_measured_step_time():
+    from segcache.engine.fused_decode import ThreadChooser
+
+    chooser = ThreadChooser(most=2)
+    assert chooser.pick(1) == 2                                    # each count is tried first
+    chooser.record(2, 0.010, 1)
+    assert chooser.pick(1) == 1
+    chooser.record(1, 0.030, 1)
+    picks = [chooser.pick(1) for _ in range(ThreadChooser.EXPLORE)]
+    assert picks.count(2) == ThreadChooser.EXPLORE - 1 and picks.count(1) == 1   # the faster, and one look back
+    for _ in range(5):                                              # the cores got busy: two threads now crawl
+        chooser.record(2, 0.500, 1)
+    assert chooser.pick(1) == 1
+    assert chooser.pick(16) == 2                                   # a batch size class of its own
+    assert ThreadChooser(most=1).pick(8) == 1
 
 
 def test_the_start_up_check_verifies_the_fused_step_and_batches(int4_runner):

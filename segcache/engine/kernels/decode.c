@@ -24,6 +24,7 @@ typedef struct {
     int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, vocab, max_positions;
     float eps;
     int head_q8;                    /* output layer: 1 = Q8 blocks, 0 = Q4 */
+    int layers_q8;                  /* layer projections: 1 = Q8 blocks (int8), 0 = Q4 (int4) */
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
     const int64_t *post_norm;
@@ -139,6 +140,26 @@ static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf1
     }
 }
 
+/* A step's quantized activations: Q4 or Q8 blocks per row, for the widest input of the model. */
+typedef struct { Q4Act *q4; Q8Act *q8; float *dx; } Acts;
+
+/* Row b of the activations (K inputs from `src`) for the projections' block kind. */
+static void prepare_row(int q8, const float *src, int64_t b, int64_t K, const Acts *a) {
+    if (q8)
+        quantize_row_q8(src, 0, 0, K, a->q8 + b * (K / 32), a->dx + b * (K / 32));
+    else
+        quantize_row_q4(src, 0, 0, K, a->q4 + b * (K / 64));
+}
+
+/* Outputs n0..n1 of y (B, N) float32 = the prepared rows times the weights. */
+static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *codes, const uint16_t *scales,
+                    int64_t n0, int64_t n1, void *y, int out_bf16, int64_t N) {
+    if (q8)
+        q8_rows(a->q8, a->dx, B, K / 32, codes, scales, n0, n1, y, out_bf16, N);
+    else
+        q4_rows(a->q4, B, K / 64, codes, scales, n0, n1, y, out_bf16, N);
+}
+
 /* The outputs [part's share of N) of y = x W for the B rows quantized in `act`. */
 #define SPLIT(N, part, parts) chunk_start((N), (parts), (part)), chunk_start((N), (parts), (part) + 1)
 
@@ -165,11 +186,12 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     float *gu = aligned_alloc(64, (size_t)(B * 2 * I) * sizeof(float));
     float *tmp = aligned_alloc(64, (size_t)(B * C) * sizeof(float));
     int64_t widest = (I > H * D ? I : H * D) > C ? (I > H * D ? I : H * D) : C;
-    Q4Act *act4 = aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act));
-    Q8Act *act8 = aligned_alloc(64, (size_t)(B * C / 32) * sizeof(Q8Act));
-    float *dx8 = malloc((size_t)(B * C / 32) * sizeof(float));
+    Acts acts = {aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act)),
+                 aligned_alloc(64, (size_t)(B * widest / 32) * sizeof(Q8Act)),
+                 malloc((size_t)(B * widest / 32) * sizeof(float))};
     float *scores = malloc((size_t)(threads * group * ((longest + 15) / 16 * 16)) * sizeof(float));
-    int ok = h && qkv && attn && gu && tmp && act4 && act8 && dx8 && scores;
+    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && scores;
+    const int q8 = m->layers_q8;
     if (ok) {
         #pragma omp parallel num_threads(threads)
         {
@@ -179,9 +201,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 #pragma omp single
                 for (int64_t b = 0; b < B; b++) {
                     rms_norm_row(x + b * C, AT(m->input_norm, l, float), h + b * C, C, m->eps);
-                    quantize_row_q4(h, 0, b * C, C, act4 + b * (C / 64));
+                    prepare_row(q8, h + b * C, b, C, &acts);
                 }
-                q4_rows(act4, B, C / 64, AT(m->qkv_codes, l, uint8_t), AT(m->qkv_scales, l, uint16_t),
+                project(q8, &acts, B, C, AT(m->qkv_codes, l, uint8_t), AT(m->qkv_scales, l, uint16_t),
                         SPLIT(qkv_n, me, parts), qkv, 0, qkv_n);
                 #pragma omp barrier
                 #pragma omp single
@@ -206,8 +228,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 }
                 #pragma omp single
                 for (int64_t b = 0; b < B; b++)
-                    quantize_row_q4(attn, 0, b * H * D, H * D, act4 + b * (H * D / 64));
-                q4_rows(act4, B, H * D / 64, AT(m->o_codes, l, uint8_t), AT(m->o_scales, l, uint16_t),
+                    prepare_row(q8, attn + b * H * D, b, H * D, &acts);
+                project(q8, &acts, B, H * D, AT(m->o_codes, l, uint8_t), AT(m->o_scales, l, uint16_t),
                         SPLIT(C, me, parts), tmp, 0, C);
                 #pragma omp barrier
                 #pragma omp single
@@ -215,9 +237,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     for (int64_t i = 0; i < C; i++)
                         x[b * C + i] += tmp[b * C + i];
                     rms_norm_row(x + b * C, AT(m->post_norm, l, float), h + b * C, C, m->eps);
-                    quantize_row_q4(h, 0, b * C, C, act4 + b * (C / 64));
+                    prepare_row(q8, h + b * C, b, C, &acts);
                 }
-                q4_rows(act4, B, C / 64, AT(m->gate_up_codes, l, uint8_t), AT(m->gate_up_scales, l, uint16_t),
+                project(q8, &acts, B, C, AT(m->gate_up_codes, l, uint8_t), AT(m->gate_up_scales, l, uint16_t),
                         SPLIT(2 * I, me, parts), gu, 0, 2 * I);
                 #pragma omp barrier
                 #pragma omp single
@@ -229,9 +251,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                                                    _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
                         _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_loadu_ps(up + i)));
                     }
-                    quantize_row_q4(gate, 0, 0, I, act4 + b * (I / 64));
+                    prepare_row(q8, gate, b, I, &acts);
                 }
-                q4_rows(act4, B, I / 64, AT(m->down_codes, l, uint8_t), AT(m->down_scales, l, uint16_t),
+                project(q8, &acts, B, I, AT(m->down_codes, l, uint8_t), AT(m->down_scales, l, uint16_t),
                         SPLIT(C, me, parts), tmp, 0, C);
                 #pragma omp barrier
                 #pragma omp single
@@ -242,19 +264,12 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             #pragma omp single
             for (int64_t b = 0; b < B; b++) {
                 rms_norm_row(x + b * C, m->final_norm, h + b * C, C, m->eps);
-                if (m->head_q8)
-                    quantize_row_q8(h, 0, b * C, C, act8 + b * (C / 32), dx8 + b * (C / 32));
-                else
-                    quantize_row_q4(h, 0, b * C, C, act4 + b * (C / 64));
+                prepare_row(m->head_q8, h + b * C, b, C, &acts);
             }
-            if (m->head_q8)
-                q8_rows(act8, dx8, B, C / 32, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
-                        m->kv_bf16, m->vocab);
-            else
-                q4_rows(act4, B, C / 64, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
-                        m->kv_bf16, m->vocab);
+            project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
+                    m->kv_bf16, m->vocab);
         }
     }
-    free(h); free(qkv); free(attn); free(gu); free(tmp); free(act4); free(act8); free(dx8); free(scores);
+    free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(scores);
     return ok ? 0 : -1;
 }
