@@ -5,8 +5,9 @@
         otherwise:  the per-layer tensor ops of engine/llama.py, each projection its own kernel call
 
 Eligible: every layer projection on the VNNI block kernels, all Q4 (int4) or all Q8 (int8), the output
-layer on Q4 or Q8 blocks, no projection biases, a head size that is a multiple of 16 (<= 256), KV buffers in bfloat16 or
-float32. `FusedDecode.build` says why not otherwise, for the start-up log.
+layer on Q4 or Q8 blocks, no projection biases, a head size that is a multiple of 16 (<= 128), up to 8
+query heads per KV head, KV buffers in bfloat16 or float32. `FusedDecode.unsupported` says why not
+otherwise, for the start-up log.
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ class FusedDecode:
             return "the layer projections mix Q4 and Q8 blocks"
         if any(p.dense.bias is not None for p in projections):
             return "the projections have biases"
-        if forward.head_dim % 16 or forward.head_dim > 256 or forward.dtype not in (torch.bfloat16, torch.float32):
-            return f"head size {forward.head_dim} or dtype {forward.dtype} not supported"
+        if forward.head_dim % 16 or forward.head_dim > 128 or forward.num_heads // forward.num_kv_heads > 8 \
+                or forward.dtype not in (torch.bfloat16, torch.float32):
+            return (f"head size {forward.head_dim} (a multiple of 16 up to 128), query heads per KV head "
+                    f"{forward.num_heads // forward.num_kv_heads} (up to 8) or dtype {forward.dtype} not supported")
         return None
 
     @torch.inference_mode()

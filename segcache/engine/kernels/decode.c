@@ -88,23 +88,31 @@ static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
     memcpy(v, out, (size_t)d * sizeof(float));
 }
 
-/* Grouped-query attention of one sequence's query heads of KV head g over keys 0..last. */
+/* Grouped-query attention of one sequence's query heads of KV head g over keys 0..last. Each key and
+   value row is read and widened to float32 once for all the group's query heads. */
+#define MAX_GROUP 8
 static void attend(const Model *m, const float *q, void *cache, int64_t capacity, int64_t layer, int64_t g,
                    int64_t last, float *out, float *scores) {
-    const int64_t D = m->head_dim, group = m->heads / m->kv_heads, S = last + 1;
+    const int64_t D = m->head_dim, group = m->heads / m->kv_heads, S = last + 1, chunks = D / 16;
     const int64_t keys = ((layer * 2 + 0) * m->kv_heads + g) * capacity * D;
     const int64_t values = ((layer * 2 + 1) * m->kv_heads + g) * capacity * D;
     const float scale = 1.0f / sqrtf((float)D);
+    const float *qg = q + g * group * D;
+    for (int64_t j = 0; j < S; j++) {
+        __m512 k[8];
+        for (int64_t c = 0; c < chunks; c++)
+            k[c] = load16_kv(cache, keys + j * D + c * 16, m->kv_bf16);
+        for (int64_t r = 0; r < group; r++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t c = 0; c < chunks; c++)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * D + c * 16), k[c], acc);
+            scores[r * S + j] = _mm512_reduce_add_ps(acc) * scale;
+        }
+    }
+    float inverse[MAX_GROUP];
     for (int64_t r = 0; r < group; r++) {
-        const float *qh = q + (g * group + r) * D;
         float *s = scores + r * S;
         __m512 top = _mm512_set1_ps(-INFINITY);
-        for (int64_t j = 0; j < S; j++) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t c = 0; c < D; c += 16)
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + c), load16_kv(cache, keys + j * D + c, m->kv_bf16), acc);
-            s[j] = _mm512_reduce_add_ps(acc) * scale;
-        }
         for (int64_t j = 0; j < S; j += 16) {
             __mmask16 live = S - j >= 16 ? 0xffff : (__mmask16)((1u << (S - j)) - 1);
             top = _mm512_mask_max_ps(top, live, top, _mm512_maskz_loadu_ps(live, s + j));
@@ -117,18 +125,25 @@ static void attend(const Model *m, const float *q, void *cache, int64_t capacity
             _mm512_mask_storeu_ps(s + j, live, e);
             total = _mm512_add_ps(total, e);
         }
-        float inverse = 1.0f / _mm512_reduce_add_ps(total);
-        __m512 acc[16];
-        for (int64_t c = 0; c < D / 16; c++)
-            acc[c] = _mm512_setzero_ps();
-        for (int64_t j = 0; j < S; j++) {
-            __m512 p = _mm512_set1_ps(s[j]);
-            for (int64_t c = 0; c < D / 16; c++)
-                acc[c] = _mm512_fmadd_ps(p, load16_kv(cache, values + j * D + c * 16, m->kv_bf16), acc[c]);
-        }
-        for (int64_t c = 0; c < D / 16; c++)
-            _mm512_storeu_ps(out + (g * group + r) * D + c * 16, _mm512_mul_ps(acc[c], _mm512_set1_ps(inverse)));
+        inverse[r] = 1.0f / _mm512_reduce_add_ps(total);
     }
+    __m512 acc[MAX_GROUP][8];
+    for (int64_t r = 0; r < group; r++)
+        for (int64_t c = 0; c < chunks; c++)
+            acc[r][c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < S; j++) {
+        __m512 v[8];
+        for (int64_t c = 0; c < chunks; c++)
+            v[c] = load16_kv(cache, values + j * D + c * 16, m->kv_bf16);
+        for (int64_t r = 0; r < group; r++) {
+            __m512 p = _mm512_set1_ps(scores[r * S + j]);
+            for (int64_t c = 0; c < chunks; c++)
+                acc[r][c] = _mm512_fmadd_ps(p, v[c], acc[r][c]);
+        }
+    }
+    for (int64_t r = 0; r < group; r++)
+        for (int64_t c = 0; c < chunks; c++)
+            _mm512_storeu_ps(out + (g * group + r) * D + c * 16, _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inverse[r])));
 }
 
 static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf16) {
@@ -170,7 +185,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                          const int64_t *positions, void *logits, int threads) {
     const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
     const int64_t qkv_n = (H + 2 * Hkv) * D;
-    if (C % 64 || I % 64 || D % 16 || D > 256 || (H * D) % 64 || H % Hkv || B <= 0)
+    if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0)
         return -1;
     int64_t longest = 0;
     for (int64_t b = 0; b < B; b++) {
