@@ -4,7 +4,8 @@ For each system and each client count N a fresh server starts on loopback; N age
 together, each sending its turns one after another (its reply goes back into its history), all
 streaming with the official openai SDK. Agent i has the blocks of workload agent i mod 4 (shared A,
 B/C, D/E) and its own user messages. Prints one table and the batched-vs-off ratios; optionally
-rewrites the '## Concurrent agents' section of BENCHMARKS.md.
+rewrites the '## Concurrent agents' section of BENCHMARKS.md. The `llama-server` system is llama.cpp's
+own server (scripts/setup-llama-server builds it) with one slot per agent.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 from openai import OpenAI
 
 from segcache.bench import concurrent_report, markdown, peers
+from segcache.bench.decode import llama_server_path
 from segcache.bench.runner import _stream
 from segcache.bench.workload import AGENTS, Workload, build_workload, messages_for, segments_for, schedule
 
@@ -38,10 +40,23 @@ class FlaggedSpec(peers.SystemSpec):
         return super().command(port, options) + list(self.extra_flags)
 
 
+@dataclass(frozen=True)
+class LlamaServerSpec(peers.SystemSpec):
+    """llama.cpp's own server with one slot per client (`-np N`), each slot a 4,096-token context; its
+    prompt cache keeps each slot's last prompt."""
+    binary: str = "llama-server"
+    slots: int = 1
+
+    def command(self, port: int, options: peers.PeerOptions) -> list[str]:
+        return [self.binary, "-m", peers.gguf_path(), "--host", "127.0.0.1", "--port", str(port),
+                "-t", str(options.threads), "-np", str(self.slots), "-c", str(4096 * self.slots)]
+
+
 SYSTEMS = {spec.name: spec for spec in (
     FlaggedSpec("segcache", True, "segments", "segcache"),
     FlaggedSpec("segcache-batching-off", True, "segments", "segcache", ("--batching", "off")),
     FlaggedSpec("llamacpp-cache", False, "prefix-any", "llamacpp"),
+    LlamaServerSpec("llama-server", False, "prefix-last", "llama-server"),
 )}
 
 
@@ -57,6 +72,9 @@ def register(bench_subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="block sizes x this (A=1500, B/C=500, D/E=100)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--llama-server", type=Path, default=llama_server_path(),
+                        help="llama.cpp's llama-server binary for the llama-server system "
+                             "(scripts/setup-llama-server; default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help=f"rewrite the '## {SECTION}' section of this file")
     parser.set_defaults(run=run)
 
@@ -77,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         for num_clients in counts:
             print(f"{name}: {num_clients} clients", flush=True)
-            runs.append(run_clients(SYSTEMS[name], workload, num_clients, options, log_dir))
+            spec = SYSTEMS[name]
+            if isinstance(spec, LlamaServerSpec):
+                if args.llama_server is None:
+                    print("llama-server: no binary; build one with scripts/setup-llama-server", file=sys.stderr)
+                    return 2
+                spec = replace(spec, binary=str(args.llama_server), slots=num_clients)
+            runs.append(run_clients(spec, workload, num_clients, options, log_dir))
             print("  " + concurrent_report.one_line(runs[-1]), flush=True)
     body = _body(args, workload, runs, load_before)
     print("\n" + body)
@@ -151,4 +175,5 @@ def _body(args: argparse.Namespace, workload: Workload, runs: list, load_before:
         concurrent_report.table(runs),
         "",
         *concurrent_report.ratios(runs, "segcache", "segcache-batching-off"),
+        *concurrent_report.ratios(runs, "segcache", "llama-server"),
     ])

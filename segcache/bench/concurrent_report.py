@@ -73,6 +73,10 @@ def ratios(runs: list[ConcurrentRun], batched: str, off: str) -> list[str]:
         if ours.decode_tokens_per_s and other.decode_tokens_per_s:
             decode = f"decode tok/s {ours.decode_tokens_per_s / other.decode_tokens_per_s:.2f}x; "
         lines.append(f"- {clients} clients: output tok/s {ours.tokens_per_s / other.tokens_per_s:.2f}x of "
-                     f"`--batching off`; {decode}wall {ours.wall_s / other.wall_s:.2f}x; TTFT p50 "
+                     f"{_label(off)}; {decode}wall {ours.wall_s / other.wall_s:.2f}x; TTFT p50 "
                      f"{ours.ttft(50) / other.ttft(50):.2f}x; latency p50 {ours.latency(50) / other.latency(50):.2f}x")
     return lines
+
+
+def _label(system: str) -> str:
+    return "`--batching off`" if system == "segcache-batching-off" else system

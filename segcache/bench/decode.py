@@ -23,11 +23,15 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import httpx
 
 from segcache.bench.markdown import replace_section
 
@@ -44,7 +48,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-steps", type=int, default=16, help="timed batched decode steps")
     parser.add_argument("--formats", default=",".join(w for _, w in FORMATS), help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=1, help="the runner's threads (and the peer's)")
-    parser.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python even if installed")
+    parser.add_argument("--no-peer", action="store_true", help="skip the peers even if installed")
+    parser.add_argument("--llama-server", type=Path, default=llama_server_path(),
+                        help="llama.cpp's llama-server binary (scripts/setup-llama-server; default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
                         help="BENCHMARKS.md to update ('-' to leave it alone)")
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             except subprocess.CalledProcessError as exc:   # a broken peer build costs its row, not the run
                 args.peer_failure = f"llama-cpp-python's probe failed ({exc.returncode}: {_signal_name(exc)})"
                 print(args.peer_failure, file=sys.stderr)
+        if not args.no_peer and args.llama_server and args.model == "default":
+            rows.append(llama_server_figures(args))
     print("per CPU-second of the probe process:\n" + table(rows, "cpu"))
     print("per wall-clock second:\n" + table(rows, "wall"))
     if args.json:
@@ -82,6 +90,51 @@ def probe(args: argparse.Namespace, dtype: str, weights: str, out: Path) -> dict
     return json.loads(out.read_text())
 
 
+def llama_server_path() -> Path | None:
+    """$LLAMA_SERVER, else scripts/setup-llama-server's build, else one on PATH."""
+    for candidate in (os.environ.get("LLAMA_SERVER"), ".llama-server/bin/llama-server", shutil.which("llama-server")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def llama_server_figures(args: argparse.Namespace) -> dict:
+    """llama.cpp's own server on the same GGUF and threads: its reported decode tokens/s over `--steps`
+    tokens after the same 32-token prompt (its `timings.predicted_per_second`: wall clock, prompt excluded)."""
+    from segcache.bench.peers import gguf_path
+    from segcache.bench.weights_probe import held_text_ids
+    from segcache.engine.model import load_tokenizer
+    from segcache.server.launch import free_port
+
+    print(f"measuring llama-server ({args.llama_server}) ...", file=sys.stderr, flush=True)
+    port = free_port()
+    server = subprocess.Popen([str(args.llama_server), "-m", gguf_path(), "--host", "127.0.0.1", "--port", str(port),
+                               "-t", str(args.threads), "-c", "1024", "-np", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        prompt = held_text_ids(load_tokenizer(args.model))[:32]
+        rates = []
+        for _ in range(2):     # the first run warms the server up; the second is reported
+            reply = httpx.post(base + "/completion", timeout=600, json={
+                "prompt": prompt, "n_predict": args.steps, "temperature": 0, "top_k": 1, "ignore_eos": True,
+                "cache_prompt": False}).json()
+            rates.append(reply["timings"]["predicted_per_second"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"format": "llama-server", "dtype": "gguf-q4_1", "threads": args.threads,
+            "single_tok_s": {"wall": rates[-1], "cpu": None}, "batch": None, "batch_step_ms": None}
+
+
 def _signal_name(exc: subprocess.CalledProcessError) -> str:
     """'died with SIGILL' for a signal, else 'exit status N'."""
     if exc.returncode < 0:
@@ -96,6 +149,9 @@ def table(rows: list[dict], clock: str = "cpu") -> str:
              f"| per-row share (ms) |", "|---|---|---|---|---|"]
     for r in rows:
         rate = r["single_tok_s"][clock]
+        if rate is None:      # a peer that reports only its own wall-clock rate
+            lines.append(f"| {r['dtype']}/{r['format']} | - | - | - | - |")
+            continue
         single = f"{rate:.1f}" + (f" ({rate / bf16['single_tok_s'][clock]:.2f}x)" if bf16 else "")
         if r.get("batch_step_ms") is None:
             lines.append(f"| {r['dtype']}/{r['format']} | {single} | - | - | - |")
@@ -113,6 +169,9 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             if any(r["format"] == "llama-cpp-python" for r in rows) else
             f"{getattr(args, 'peer_failure', None)}: no peer row in this run" if getattr(args, "peer_failure", None)
             else "llama-cpp-python is not installed here: no peer row in this run")
+    if any(r["format"] == "llama-server" for r in rows):
+        peer += (f". llama-server: llama.cpp's own server on the same GGUF, `-t {args.threads}`, the decode "
+                 "tokens/s it reports itself (wall clock only)")
     return "\n\n".join([
         f"Each format in its own process, on the engine's runner (no HTTP), {args.threads} thread(s): single "
         f"stream = "
