@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def probe(args: argparse.Namespace, dtype: str, weights: str, out: Path) -> dict:
     print(f"measuring {dtype}/{weights} ...", file=sys.stderr, flush=True)
-    fmt, _, kernels = weights.partition("-")
+    fmt, kernels = (weights.removesuffix("-torch"), "torch") if weights.endswith("-torch") else (weights, None)
     env = {**os.environ, "SEGCACHE_KERNELS": kernels} if kernels else None
     subprocess.run([sys.executable, "-m", "segcache.bench.decode_probe", "--model", args.model, "--dtype", dtype,
                     "--weights", fmt, "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
