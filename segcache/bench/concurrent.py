@@ -24,7 +24,7 @@ import httpx
 from openai import OpenAI
 
 from segcache.bench import concurrent_report, markdown, peers
-from segcache.bench.decode import llama_server_path
+from segcache.bench.decode import LLAMA_SERVER_CAVEAT, llama_server_path
 from segcache.bench.runner import _stream
 from segcache.bench.workload import AGENTS, Workload, build_workload, messages_for, segments_for, schedule
 
@@ -176,4 +176,5 @@ def _body(args: argparse.Namespace, workload: Workload, runs: list, load_before:
         "",
         *concurrent_report.ratios(runs, "segcache", "segcache-batching-off"),
         *concurrent_report.ratios(runs, "segcache", "llama-server"),
+        *(["", LLAMA_SERVER_CAVEAT] if any(r.system == "llama-server" for r in runs) else []),
     ])

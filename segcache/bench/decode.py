@@ -36,6 +36,9 @@ import httpx
 from segcache.bench.markdown import replace_section
 
 SECTION = "Decode cost per token"
+LLAMA_SERVER_CAVEAT = ("llama-server is the build of scripts/setup-llama-server (GGML_NATIVE=OFF): its rows are "
+                       "that build's, not necessarily llama.cpp's best on this CPU (docs/weights.md gives its "
+                       "prefill speed here).")
 FORMATS = (("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4"), ("bfloat16", "int8-torch"),
            ("bfloat16", "int4-torch"))
 
@@ -171,7 +174,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             else "llama-cpp-python is not installed here: no peer row in this run")
     if any(r["format"] == "llama-server" for r in rows):
         peer += (f". llama-server: llama.cpp's own server on the same GGUF, `-t {args.threads}`, the decode "
-                 "tokens/s it reports itself (wall clock only)")
+                 "tokens/s it reports itself (wall clock only). " + LLAMA_SERVER_CAVEAT.removesuffix("."))
     return "\n\n".join([
         f"Each format in its own process, on the engine's runner (no HTTP), {args.threads} thread(s): single "
         f"stream = "
