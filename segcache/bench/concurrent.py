@@ -24,7 +24,6 @@ import httpx
 from openai import OpenAI
 
 from segcache.bench import concurrent_report, markdown, peers
-from segcache.bench.decode import LLAMA_SERVER_CAVEAT, llama_server_path
 from segcache.bench.runner import _stream
 from segcache.bench.workload import AGENTS, Workload, build_workload, messages_for, segments_for, schedule
 
@@ -40,23 +39,11 @@ class FlaggedSpec(peers.SystemSpec):
         return super().command(port, options) + list(self.extra_flags)
 
 
-@dataclass(frozen=True)
-class LlamaServerSpec(peers.SystemSpec):
-    """llama.cpp's own server with one slot per client (`-np N`), each slot a 4,096-token context; its
-    prompt cache keeps each slot's last prompt."""
-    binary: str = "llama-server"
-    slots: int = 1
-
-    def command(self, port: int, options: peers.PeerOptions) -> list[str]:
-        return [self.binary, "-m", peers.gguf_path(), "--host", "127.0.0.1", "--port", str(port),
-                "-t", str(options.threads), "-np", str(self.slots), "-c", str(4096 * self.slots)]
-
-
 SYSTEMS = {spec.name: spec for spec in (
     FlaggedSpec("segcache", True, "segments", "segcache"),
     FlaggedSpec("segcache-batching-off", True, "segments", "segcache", ("--batching", "off")),
     FlaggedSpec("llamacpp-cache", False, "prefix-any", "llamacpp"),
-    LlamaServerSpec("llama-server", False, "prefix-last", "llama-server"),
+    peers.LLAMA_SERVER,
 )}
 
 
@@ -72,7 +59,7 @@ def register(bench_subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="block sizes x this (A=1500, B/C=500, D/E=100)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--llama-server", type=Path, default=llama_server_path(),
+    parser.add_argument("--llama-server", type=Path, default=peers.llama_server_path(),
                         help="llama.cpp's llama-server binary for the llama-server system "
                              "(scripts/setup-llama-server; default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help=f"rewrite the '## {SECTION}' section of this file")
@@ -96,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         for num_clients in counts:
             print(f"{name}: {num_clients} clients", flush=True)
             spec = SYSTEMS[name]
-            if isinstance(spec, LlamaServerSpec):
+            if isinstance(spec, peers.LlamaServerSpec):
                 if args.llama_server is None:
                     print("llama-server: no binary; build one with scripts/setup-llama-server", file=sys.stderr)
                     return 2
@@ -176,5 +163,5 @@ def _body(args: argparse.Namespace, workload: Workload, runs: list, load_before:
         "",
         *concurrent_report.ratios(runs, "segcache", "segcache-batching-off"),
         *concurrent_report.ratios(runs, "segcache", "llama-server"),
-        *(["", LLAMA_SERVER_CAVEAT] if any(r.system == "llama-server" for r in runs) else []),
+        *(["", peers.LLAMA_SERVER_CAVEAT] if any(r.system == "llama-server" for r in runs) else []),
     ])

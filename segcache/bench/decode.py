@@ -23,22 +23,19 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
+from segcache.bench import peers
 from segcache.bench.markdown import replace_section
 
 SECTION = "Decode cost per token"
-LLAMA_SERVER_CAVEAT = ("llama-server is the build of scripts/setup-llama-server (GGML_NATIVE=OFF): its rows are "
-                       "that build's, not necessarily llama.cpp's best on this CPU (docs/weights.md gives its "
-                       "prefill speed here).")
 FORMATS = (("bfloat16", "bf16"), ("bfloat16", "int8"), ("bfloat16", "int4"), ("bfloat16", "int8-torch"),
            ("bfloat16", "int4-torch"))
 
@@ -52,7 +49,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--formats", default=",".join(w for _, w in FORMATS), help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=1, help="the runner's threads (and the peer's)")
     parser.add_argument("--no-peer", action="store_true", help="skip the peers even if installed")
-    parser.add_argument("--llama-server", type=Path, default=llama_server_path(),
+    parser.add_argument("--llama-server", type=Path, default=peers.llama_server_path(),
                         help="llama.cpp's llama-server binary (scripts/setup-llama-server; default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
@@ -93,47 +90,26 @@ def probe(args: argparse.Namespace, dtype: str, weights: str, out: Path) -> dict
     return json.loads(out.read_text())
 
 
-def llama_server_path() -> Path | None:
-    """$LLAMA_SERVER, else scripts/setup-llama-server's build, else one on PATH."""
-    for candidate in (os.environ.get("LLAMA_SERVER"), ".llama-server/bin/llama-server", shutil.which("llama-server")):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
 def llama_server_figures(args: argparse.Namespace) -> dict:
     """llama.cpp's own server on the same GGUF and threads: its reported decode tokens/s over `--steps`
     tokens after the same 32-token prompt (its `timings.predicted_per_second`: wall clock, prompt excluded)."""
-    from segcache.bench.peers import gguf_path
     from segcache.bench.weights_probe import held_text_ids
     from segcache.engine.model import load_tokenizer
-    from segcache.server.launch import free_port
 
     print(f"measuring llama-server ({args.llama_server}) ...", file=sys.stderr, flush=True)
-    port = free_port()
-    server = subprocess.Popen([str(args.llama_server), "-m", gguf_path(), "--host", "127.0.0.1", "--port", str(port),
-                               "-t", str(args.threads), "-c", "1024", "-np", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        prompt = held_text_ids(load_tokenizer(args.model))[:32]
-        rates = []
-        for _ in range(2):     # the first run warms the server up; the second is reported
-            reply = httpx.post(base + "/completion", timeout=600, json={
-                "prompt": prompt, "n_predict": args.steps, "temperature": 0, "top_k": 1, "ignore_eos": True,
-                "cache_prompt": False}).json()
-            rates.append(reply["timings"]["predicted_per_second"])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    spec = replace(peers.LLAMA_SERVER, binary=str(args.llama_server))
+    with tempfile.TemporaryDirectory() as log_dir:
+        server = peers.start(spec, peers.PeerOptions(threads=args.threads), Path(log_dir))
+        try:
+            prompt = held_text_ids(load_tokenizer(args.model))[:32]
+            rates = []
+            for _ in range(2):     # the first run warms the server up; the second is reported
+                reply = httpx.post(server.base_url.removesuffix("/v1") + "/completion", timeout=600, json={
+                    "prompt": prompt, "n_predict": args.steps, "temperature": 0, "top_k": 1, "ignore_eos": True,
+                    "cache_prompt": False}).json()
+                rates.append(reply["timings"]["predicted_per_second"])
+        finally:
+            server.stop()
     return {"format": "llama-server", "dtype": "gguf-q4_1", "threads": args.threads,
             "single_tok_s": {"wall": rates[-1], "cpu": None}, "batch": None, "batch_step_ms": None}
 
@@ -174,7 +150,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             else "llama-cpp-python is not installed here: no peer row in this run")
     if any(r["format"] == "llama-server" for r in rows):
         peer += (f". llama-server: llama.cpp's own server on the same GGUF, `-t {args.threads}`, the decode "
-                 "tokens/s it reports itself (wall clock only). " + LLAMA_SERVER_CAVEAT.removesuffix("."))
+                 "tokens/s it reports itself (wall clock only). " + peers.LLAMA_SERVER_CAVEAT.removesuffix("."))
     return "\n\n".join([
         f"Each format in its own process, on the engine's runner (no HTTP), {args.threads} thread(s): single "
         f"stream = "

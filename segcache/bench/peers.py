@@ -2,13 +2,15 @@
 
 segcache runs three ways (segments, plain chat, cache off); llama-cpp-python's OpenAI server runs
 on the same model's GGUF with its RAM prompt cache on and off, at its best settings for 2 cores
-(its defaults, n_threads=1 and logits_all=True, make its cache slower than no cache).
+(its defaults, n_threads=1 and logits_all=True, make its cache slower than no cache). llama.cpp's own
+llama-server, where built (scripts/setup-llama-server), is `LLAMA_SERVER`, with one slot per client.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -62,6 +64,32 @@ SYSTEMS = {spec.name: spec for spec in (
     SystemSpec("llamacpp-cache", sends_segments=False, reuse_model="prefix-any", usage_format="llamacpp"),
     SystemSpec("llamacpp-nocache", sends_segments=False, reuse_model="prefix-last", usage_format="llamacpp"),
 )}
+
+
+@dataclass(frozen=True)
+class LlamaServerSpec(SystemSpec):
+    """llama.cpp's own server (scripts/setup-llama-server builds it) with `slots` parallel slots (`-np`),
+    each a 4,096-token context; its prompt cache keeps each slot's last prompt."""
+    binary: str = "llama-server"
+    slots: int = 1
+
+    def command(self, port: int, options: PeerOptions) -> list[str]:
+        return [self.binary, "-m", gguf_path(), "--host", "127.0.0.1", "--port", str(port),
+                "-t", str(options.threads), "-np", str(self.slots), "-c", str(4096 * self.slots)]
+
+
+LLAMA_SERVER = LlamaServerSpec("llama-server", False, "prefix-last", "llama-server")
+LLAMA_SERVER_CAVEAT = ("llama-server is the build of scripts/setup-llama-server (GGML_NATIVE=OFF): its rows are "
+                       "that build's, not necessarily llama.cpp's best on this CPU (docs/weights.md gives its "
+                       "prefill speed here).")
+
+
+def llama_server_path() -> Path | None:
+    """$LLAMA_SERVER, else scripts/setup-llama-server's build, else one on PATH."""
+    for candidate in (os.environ.get("LLAMA_SERVER"), ".llama-server/bin/llama-server", shutil.which("llama-server")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def gguf_path() -> str:
