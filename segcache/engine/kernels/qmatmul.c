@@ -115,6 +115,24 @@ static inline void store_out(void *y, int out_bf16, int64_t at, float value) {
         ((float *)y)[at] = value;
 }
 
+/* The NT x R float32 accumulators of a tile (outputs n.., rows m0..): zeroed, and summed into y. */
+static inline __attribute__((always_inline)) void zero_tile(const int NT, const int R, __m256 acc[4][4]) {
+    #pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc[t][r] = _mm256_setzero_ps();
+}
+
+static inline __attribute__((always_inline)) void
+store_tile(const int NT, const int R, __m256 acc[4][4], void *y, int out_bf16, int64_t n, int64_t m0, int64_t N) {
+    #pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            store_out(y, out_bf16, (m0 + r) * N + n + t, hsum8(acc[t][r]));
+}
+
 /* NT outputs from n, R rows from m0; NT and R are constants at each call, so the loops unroll and the
    NT x R accumulators live in registers. Each weight pair is unpacked once for the R rows. */
 static inline __attribute__((always_inline)) void
@@ -124,11 +142,7 @@ q4_tile(const int NT, const int R, const Q4Act *act, int64_t pairs, const uint8_
     const __m256i expand_lo = _mm256_loadu_si256((const __m256i *)EXPAND_LO);
     const __m256i expand_hi = _mm256_loadu_si256((const __m256i *)EXPAND_HI);
     __m256 acc[4][4];
-    #pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            acc[t][r] = _mm256_setzero_ps();
+    zero_tile(NT, R, acc);
     /* The tile's codes are NT rows of `pairs` x 32 bytes, one after another; fetch the next tiles' while
        this one computes (a single thread's stream from memory is the bound at one row otherwise). */
     const char *ahead = (const char *)(codes + (n + NT) * pairs * 32) + PREFETCH_BYTES;
@@ -159,11 +173,7 @@ q4_tile(const int NT, const int R, const Q4Act *act, int64_t pairs, const uint8_
             }
         }
     }
-    #pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            store_out(y, out_bf16, (m0 + r) * N + n + t, hsum8(acc[t][r]));
+    store_tile(NT, R, acc, y, out_bf16, n, m0, N);
 }
 
 /* Outputs n0..n1 of every row: 4 outputs x 1 row at a time for a single row (independent accumulators
@@ -211,11 +221,7 @@ static inline __attribute__((always_inline)) void
 q8_tile(const int NT, const int R, const Q8Act *act, const float *dxs, int64_t blocks, const uint8_t *codes,
         const uint16_t *scales, int64_t n, int64_t m0, void *y, int out_bf16, int64_t N) {
     __m256 acc[4][4];
-    #pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            acc[t][r] = _mm256_setzero_ps();
+    zero_tile(NT, R, acc);
     for (int64_t b = 0; b < blocks; b++) {
         #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
@@ -231,11 +237,7 @@ q8_tile(const int NT, const int R, const Q8Act *act, const float *dxs, int64_t b
             }
         }
     }
-    #pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            store_out(y, out_bf16, (m0 + r) * N + n + t, hsum8(acc[t][r]));
+    store_tile(NT, R, acc, y, out_bf16, n, m0, N);
 }
 
 static void q8_rows(const Q8Act *act, const float *dxs, int64_t M, int64_t blocks, const uint8_t *codes,
