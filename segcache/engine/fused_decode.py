@@ -94,7 +94,6 @@ class FusedDecode:
                  threads: int | None = None) -> torch.Tensor:
         """One token for each of B sequences: their next logits (B, V) in the model dtype; KV written.
         `threads`: a fixed count instead of the chooser's (tests)."""
-        library, reason = native._load()
         num_seqs = ids.shape[0]
         x = F.embedding(ids, self.embed).float().contiguous()                  # (B, C), overwritten
         addresses = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64)
@@ -102,8 +101,9 @@ class FusedDecode:
         where = torch.tensor(positions, dtype=torch.int64)
         logits = torch.empty((num_seqs, self.model.vocab), dtype=self.dtype)
         threads, started = threads or self.threads.pick(num_seqs), time.perf_counter()
-        status = library.segcache_decode_step(ctypes.byref(self.model), x.data_ptr(), num_seqs, addresses.data_ptr(),
-                                              capacities.data_ptr(), where.data_ptr(), logits.data_ptr(), threads)
+        status = native.library().segcache_decode_step(ctypes.byref(self.model), x.data_ptr(), num_seqs,
+                                                       addresses.data_ptr(), capacities.data_ptr(), where.data_ptr(),
+                                                       logits.data_ptr(), threads)
         self.threads.record(threads, time.perf_counter() - started, num_seqs)
         if status != 0:
             raise RuntimeError(f"fused decode refused positions {positions} (capacities {capacities.tolist()})")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from segcache.engine.fused_decode import FusedDecode
 from segcache.engine.linear import DenseLinear
 from segcache.engine.weights import ProjectionBuilder
 
@@ -58,8 +59,6 @@ class LlamaForward:
     def _fused(self, inner: torch.nn.Module):
         """The one-call native decode step where the weights allow it (engine/fused_decode.py), else None;
         `fused_reason` says which and why."""
-        from segcache.engine.fused_decode import FusedDecode
-
         self.fused_reason = FusedDecode.unsupported(self)
         if self.fused_reason is not None:
             return None

@@ -1,11 +1,12 @@
-"""The block-quantized decode kernels of engine/kernels/qmatmul.c: built once per machine, called by ctypes.
+"""The block-quantized kernels of engine/kernels/ (qmatmul.c, and decode.c's whole decode step): built once
+per machine, called by ctypes.
 
 Why our own kernels: torch's weight-only integer kernels dequantize every weight to floating point for
-every row, so a step costs about the same per row as dense bfloat16, and their int8 path is single-threaded
-(measured here: a 3072 x 576 projection for 16 rows 1.2 ms int8 / 0.4 ms int4 per row-batch call vs 0.7 ms
-here; the 49,152 x 576 output layer for one row 5.3 ms int8 vs 0.8 ms here on two threads). These kernels do what llama.cpp's CPU
-backend does, in our own code: the activations are quantized per block of 32 to int8 and the dot products
-run on VNNI integer instructions, then one float multiply-add per block.
+every row, and their int8 path is single-threaded. Measured here on one thread, a 3,072 x 576 projection
+for 16 rows: torch int8 1.2 ms, int4 ~1.0 ms, these kernels 0.7 ms; the 49,152 x 576 output layer for one
+row: torch int8 5.3 ms, these kernels 0.8 ms on two threads. These kernels do what llama.cpp's CPU backend
+does, in our own code: the activations are quantized per block of 32 to int8 and the dot products run on
+VNNI integer instructions, then one float multiply-add per block.
 
 Built with the system C compiler on first use into SEGCACHE_KERNEL_DIR (default ~/.cache/segcache/kernels),
 one file per source and flags; a machine without gcc or without AVX512-VNNI falls back to torch's kernels
@@ -45,6 +46,14 @@ def set_threads(count: int) -> None:
 
 def threads() -> int:
     return _threads
+
+
+def library() -> ctypes.CDLL:
+    """The built kernels; a RuntimeError saying why when they cannot serve."""
+    loaded, reason = _load()
+    if loaded is None:
+        raise RuntimeError(f"native kernels unavailable: {reason}")
+    return loaded
 
 
 def unavailable_reason() -> str | None:
@@ -142,12 +151,10 @@ class BlockWeights:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype."""
-        library, reason = _load()
-        if library is None:
-            raise RuntimeError(f"native kernels unavailable: {reason}")
+        kernels = library()
         x = x.contiguous()
         out = torch.empty((x.shape[0], self.num_out), dtype=x.dtype)
-        function = library.segcache_q4_matmul if self.kind == "q4" else library.segcache_q8_matmul
+        function = kernels.segcache_q4_matmul if self.kind == "q4" else kernels.segcache_q8_matmul
         threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
         status = function(x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[0], self.num_in,
                           self.codes.data_ptr(), self.scales.data_ptr(), self.num_out, out.data_ptr(), threads)
@@ -182,14 +189,3 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.round(groups / safe[..., None]).clamp_(-127, 127).to(torch.int8)
     return codes.view(num_out, num_in), scale
-
-
-def reference_matmul(x: torch.Tensor, weights_dense: torch.Tensor) -> torch.Tensor:
-    """What the kernels compute, in float64: x quantized per block of 32 to int8 (dx = max|x| / 127,
-    round half to even), times the dequantized weights (N, K). For tests."""
-    num_rows, num_in = x.shape
-    blocks = x.double().view(num_rows, num_in // 32, 32)
-    dx = (x.float().view(num_rows, num_in // 32, 32).abs().amax(dim=-1, keepdim=True) / 127).double()
-    inverse = torch.where(dx > 0, 1 / dx.float(), torch.zeros_like(dx.float())).double()
-    q = torch.round((blocks.float() * inverse.float()).double())
-    return (q * dx).view(num_rows, num_in) @ weights_dense.double().T
