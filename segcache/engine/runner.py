@@ -184,8 +184,9 @@ class Runner:
     def decode_batch(self, states: list[PrefillState], token_ids: list[int]) -> list[torch.Tensor]:
         """One token for each sequence in ONE forward; each sequence's next logits (vocab,).
 
-        Always on one thread, whatever the batch size: the thread count can change a row's bits, and
-        the start-up check (engine/invariance.py) verifies row invariance on one thread.
+        torch's ops run on one thread, whatever the batch size: their thread count can change a row's bits,
+        and the start-up check (engine/invariance.py) verifies row invariance on one thread. The fused
+        native step (engine/fused_decode.py) splits its work over threads, which never changes a row's bits.
         """
         _use_threads(1)
         logits = self.lean.decode(tuple(s.cache for s in states), tuple(s.num_tokens for s in states),
