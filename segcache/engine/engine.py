@@ -80,10 +80,7 @@ class Engine:
         Raises BatchingRefused when --batching on and the start-up check finds batch-variant rows.
         """
         self.config = config
-        # Threads are chosen per forward by its shape only (see Runner): a given part always runs on
-        # the same count, since the count can change the order of reductions.
-        torch.set_num_threads(config.threads or os.cpu_count() or 1)
-        self.loaded = loaded or load_model(config.model, config.dtype, config.model_id, config.weights)
+        self.loaded: LoadedModel
         self._tenants_by_scope: dict[ScopeKey, str] = {}
         # --disk-cache: KV files, and a manifest that also keeps the registry and segment texts
         self.disk = DiskTier(Path(config.disk_cache), config.disk_cache_bytes) if config.disk_cache else None
@@ -95,17 +92,42 @@ class Engine:
                  else SegmentStore(config.segment_store_bytes))
         # --shared-cache: texts another replica was sent resolve here too (hash-only references)
         self.segment_store = SharedSegmentStore(texts, self.shared) if self.shared else texts
+        self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._closing = False
+        self.decode_stats = DecodeStats()
+        # The model is loaded, checked and run on the worker thread alone: each thread that runs torch's
+        # parallel ops gets its own OpenMP team, and with two teams on a 2-core machine OpenMP stops
+        # spinning between parallel regions, which made every forward of the worker ~1.5x slower.
+        started: queue.Queue[BaseException | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._start_and_work, args=(loaded, started), name="segcache-engine",
+                                        daemon=True)
+        self._worker.start()
+        failure = started.get()
+        if failure is not None:
+            self._worker.join()
+            raise failure
+
+    def _start_and_work(self, loaded: LoadedModel | None, started: queue.Queue) -> None:
+        try:
+            self._start(loaded)
+        except BaseException as exc:
+            started.put(exc)
+            return
+        started.put(None)
+        self._work()
+
+    def _start(self, loaded: LoadedModel | None) -> None:
+        config = self.config
+        # Threads are chosen per forward by its shape only (see Runner): a given part always runs on
+        # the same count, since the count can change the order of reductions.
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+        self.loaded = loaded or load_model(config.model, config.dtype, config.model_id, config.weights)
         runner = Runner(self.loaded, threads=torch.get_num_threads())
         self.batching: BatchingVerdict = _batching_verdict(config, runner)
         self.spans = _check_spans(runner, config.prefill_span_tokens)
         self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads(),
                                                                   prefill_span_tokens=self.spans.span_tokens), runner)
-        self.scheduler = Scheduler(config.max_batch, config.max_running_kv_bytes)
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._closing = False
-        self.decode_stats = DecodeStats()
-        self._worker = threading.Thread(target=self._work, name="segcache-engine", daemon=True)
-        self._worker.start()
 
     def scope(self, tenant: str) -> ScopeKey:
         scope = model_scope(self.loaded, tenant)
