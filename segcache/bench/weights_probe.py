@@ -1,22 +1,29 @@
-"""One weight format, measured in its own process (so its peak RSS is its own): decode and prefill
-speed in the engine's runner, greedy answers to a fixed prompt set, and next-token distributions
-over a held text. Run by `segcache bench weights`; prints nothing, writes a torch file.
+"""One weight format in its own process (so its peak RSS is its own), driven by `segcache bench weights`
+over a pipe so that the formats' timed runs interleave: the parent sends one JSON command per line,
+the probe answers each with one JSON line.
 
-    python -m segcache.bench.weights_probe --dtype bfloat16 --weights int4 --out probe.pt
+    {"op": "prefill", "tokens": 512}   -> {"seconds": ...}    one cold part of that many tokens
+    {"op": "decode"}                   -> {"tok_s": ...}      a single stream, 128 greedy steps
+    {"op": "finish", "out": "p.pt"}    -> {"done": true}      quality figures and peak RSS, written there
+
+It answers {"ready": true, ...} once the model is loaded. Everything else it prints goes to stderr.
+
+    python -m segcache.bench.weights_probe --dtype bfloat16 --weights int4
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
-import statistics
+import sys
 import time
 
 import torch
 
 from segcache.bench import corpus
-from segcache.bench.weights import ANSWER_TOKENS, PREFILL_LENGTHS
+from segcache.bench.weights import ANSWER_TOKENS
 from segcache.engine.model import load_model
 from segcache.engine.runner import Runner
 
@@ -45,20 +52,33 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--dtype", required=True)
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr                              # the pipe carries replies only
     torch.set_num_threads(os.cpu_count() or 1)
     loaded = load_model(args.model, args.dtype, weights=args.weights)
     runner = Runner(loaded, threads=torch.get_num_threads())
     filler = held_text_ids(loaded.tokenizer) * 10
-    result = {"format": loaded.weights.format, "dtype": loaded.dtype_name,
-              "decode_tok_s": decode_speed(runner, filler[:32]),
-              "prefill_tok_s": {n: prefill_speed(runner, filler[:n], args.repeats) for n in PREFILL_LENGTHS},
-              "answers": [greedy(runner, loaded.tokenizer, p) for p in prompts()],
-              "held_logprobs": held_logprobs(runner, held_text_ids(loaded.tokenizer)),
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    torch.save(result, args.out)
+
+    def reply(**fields) -> None:
+        replies.write(json.dumps(fields) + "\n")
+        replies.flush()
+
+    reply(ready=True, format=loaded.weights.format, dtype=loaded.dtype_name)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] == "prefill":
+            reply(seconds=prefill_seconds(runner, filler[:command["tokens"]]))
+        elif command["op"] == "decode":
+            reply(tok_s=decode_speed(runner, filler[:32]))
+        elif command["op"] == "finish":
+            torch.save({"answers": [greedy(runner, loaded.tokenizer, p) for p in prompts()],
+                        "held_logprobs": held_logprobs(runner, held_text_ids(loaded.tokenizer)),
+                        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, command["out"])
+            reply(done=True)
+            return
+        else:
+            raise SystemExit(f"weights_probe: unknown command {command!r}")
 
 
 def decode_speed(runner: Runner, prompt_ids: list[int]) -> float:
@@ -71,14 +91,11 @@ def decode_speed(runner: Runner, prompt_ids: list[int]) -> float:
     return DECODE_TOKENS / (time.perf_counter() - started)
 
 
-def prefill_speed(runner: Runner, ids: list[int], repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        state = runner.start([], len(ids))
-        started = time.perf_counter()
-        runner.prefill_part(state, tuple(ids))
-        timings.append(time.perf_counter() - started)
-    return len(ids) / statistics.median(timings)
+def prefill_seconds(runner: Runner, ids: list[int]) -> float:
+    state = runner.start([], len(ids))
+    started = time.perf_counter()
+    runner.prefill_part(state, tuple(ids))
+    return time.perf_counter() - started
 
 
 def greedy(runner: Runner, tokenizer, prompt: str) -> list[int]:
