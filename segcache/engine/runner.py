@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ class Runner:
         count depends only on a forward's length, so cached and uncached runs still match bit for bit.
         """
         self.threads = threads or os.cpu_count() or 1
+        self._owner = threading.get_ident()   # forwards run on this thread only (`_on_owner_thread`)
         native.set_threads(self.threads)
         self.loaded = loaded
         self.model = loaded.model
@@ -79,6 +81,7 @@ class Runner:
     @torch.inference_mode()
     def start(self, payloads: list[torch.Tensor], capacity: int) -> PrefillState:
         """A state holding the KV of a matched chain (empty list: no context), room for `capacity` tokens."""
+        self._on_owner_thread()
         num_cached = sum(p.shape[3] for p in payloads)
         if self.lean is not None:
             buffer = self.lean.new_cache(max(capacity, num_cached))
@@ -111,6 +114,7 @@ class Runner:
         """Consecutive whole blocks of sizes `blocks` (sum len(token_ids)) in one forward, each block's KV and
         the last logits bit-identical to forwards of one block each (engine/llama.py `forward`). The
         library's forward cannot split its matmuls by block, so there the blocks run one forward each."""
+        self._on_owner_thread()
         if self.lean is None or len(blocks) == 1:
             offset = 0
             for size in blocks:
@@ -164,6 +168,7 @@ class Runner:
 
         On the lean forward, a lone step is a batched decode step of one sequence: the same ops, so a
         sequence's bits do not depend on whether its steps were batched (given row-invariant linears)."""
+        self._on_owner_thread()
         if self.lean is not None:
             _use_threads(1)
             state.last_logits = self.lean.decode((state.cache,), (state.num_tokens,),
@@ -188,6 +193,7 @@ class Runner:
         and the start-up check (engine/invariance.py) verifies row invariance on one thread. The fused
         native step (engine/fused_decode.py) splits its work over threads, which never changes a row's bits.
         """
+        self._on_owner_thread()
         _use_threads(1)
         logits = self.lean.decode(tuple(s.cache for s in states), tuple(s.num_tokens for s in states),
                                   torch.tensor(token_ids, dtype=torch.long))            # (B, V)
@@ -197,6 +203,15 @@ class Runner:
         self.num_decode_tokens += len(states)
         self.num_decode_forwards += 1
         return list(logits)
+
+    def _on_owner_thread(self) -> None:
+        """Forwards run on the thread that built the runner. Each thread that runs torch's parallel ops gets
+        its own OpenMP team, and with two teams on a 2-core machine OpenMP stops spinning between parallel
+        regions: every forward got ~1.5x slower (docs/weights.md). The engine builds and runs its runner
+        on its worker thread."""
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("a Runner's forwards must run on the thread that built it (one OpenMP team per "
+                               "process: see Runner._on_owner_thread)")
 
     def _use_threads(self, num_rows: int) -> None:
         """The thread count of a forward (or, inside a span, of a block) of `num_rows` rows."""

@@ -58,3 +58,32 @@ def test_prefill_counts_only_the_tokens_it_runs(load):
     prefill(runner, parts, cached_upto=2)
     # the warm-up run computed the first two parts, the second run only the rest
     assert runner.num_prefill_tokens - before == sum(len(p) for p in parts)
+
+
+def test_forwards_run_on_the_thread_that_built_the_runner(load):
+    """One OpenMP team per process: a runner used from a second thread would make every forward slower."""
+    import threading
+
+    from segcache.config import ServeConfig
+    from segcache.engine.engine import Engine
+
+    runner = Runner(load("tiny", "bfloat16"))
+    errors = []
+    other = threading.Thread(target=lambda: errors.append(_error_of(lambda: runner.start([], 8))))
+    other.start()
+    other.join()
+    assert isinstance(errors[0], RuntimeError) and "thread that built it" in str(errors[0])
+    runner.start([], 8)                                    # fine on its own thread
+    engine = Engine(ServeConfig(model="tiny", dtype="bfloat16", cache_bytes=0), loaded=load("tiny", "bfloat16"))
+    try:
+        assert engine.executor.runner._owner == engine._worker.ident   # the engine builds it on its worker
+    finally:
+        engine.close()
+
+
+def _error_of(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+    return None
