@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -91,23 +92,54 @@ class FusedDecode:
 
     @torch.inference_mode()
     def __call__(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,
-                 threads: int | None = None) -> torch.Tensor:
+                 threads: int | None = None, pages: tuple[tuple[Page, ...], ...] | None = None) -> torch.Tensor:
         """One token for each of B sequences: their next logits (B, V) in the model dtype; KV written.
-        `threads`: a fixed count instead of the chooser's (tests)."""
+        `pages`: for each sequence, the tree blocks its buffer's first positions were copied from (`Page`),
+        read instead of the copies (the same values: the same bits). `threads`: a fixed count instead of
+        the chooser's (tests)."""
         num_seqs = ids.shape[0]
         x = F.embedding(ids, self.embed).float().contiguous()                  # (B, C), overwritten
         addresses = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64)
         capacities = torch.tensor([c.shape[3] for c in caches], dtype=torch.int64)
         where = torch.tensor(positions, dtype=torch.int64)
+        table, counts = _page_table(pages, positions, self.dtype) if pages is not None else (None, None)
         logits = torch.empty((num_seqs, self.model.vocab), dtype=self.dtype)
         threads, started = threads or self.threads.pick(num_seqs), time.perf_counter()
-        status = native.library().segcache_decode_step(ctypes.byref(self.model), x.data_ptr(), num_seqs,
-                                                       addresses.data_ptr(), capacities.data_ptr(), where.data_ptr(),
-                                                       logits.data_ptr(), threads)
+        status = native.library().segcache_decode_step(
+            ctypes.byref(self.model), x.data_ptr(), num_seqs, addresses.data_ptr(), capacities.data_ptr(),
+            where.data_ptr(), None if table is None else table.data_ptr(),
+            None if counts is None else counts.data_ptr(), logits.data_ptr(), threads)
         self.threads.record(threads, time.perf_counter() - started, num_seqs)
         if status != 0:
             raise RuntimeError(f"fused decode refused positions {positions} (capacities {capacities.tolist()})")
         return logits
+
+
+@dataclass(frozen=True)
+class Page:
+    """Positions start..start+T-1 of a sequence, held by a tree block's KV payload (L, 2, H_kv, T, D)."""
+    payload: torch.Tensor
+    start: int
+
+
+def _page_table(pages: tuple[tuple[Page, ...], ...], positions: tuple[int, ...], dtype: torch.dtype):
+    """The kernel's page rows (address, origin, from, to, capacity) and per-sequence counts. A sequence's
+    pages are used up to the first that is empty, not a contiguous payload of the KV dtype, not where the
+    previous one ended, or reaching its current position; its buffer covers the rest."""
+    rows, counts = [], []
+    for sequence_pages, position in zip(pages, positions):
+        used = covered = 0
+        for page in sequence_pages:
+            tokens = page.payload.shape[3]
+            if page.payload.dtype != dtype or not page.payload.is_contiguous() or page.start != covered \
+                    or tokens == 0 or page.start + tokens > position:
+                break
+            covered = page.start + tokens
+            rows.append((page.payload.data_ptr(), page.start, page.start, page.start + tokens, tokens))
+            used += 1
+        counts.append(used)
+    table = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5) if rows else torch.zeros((1, 5), dtype=torch.int64)
+    return table, torch.tensor(counts, dtype=torch.int64)
 
 
 class ThreadChooser:

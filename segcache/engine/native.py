@@ -101,7 +101,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
         function.restype = ctypes.c_int
     library.segcache_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                             ctypes.c_void_p, ctypes.c_int]
     library.segcache_decode_step.restype = ctypes.c_int
     return library, None
 

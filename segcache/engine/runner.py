@@ -23,6 +23,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from segcache.engine import native
+from segcache.engine.fused_decode import Page
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 from segcache.engine.units import prefill_units
@@ -39,6 +40,8 @@ class PrefillState:
     cache: torch.Tensor | DynamicCache   # (L, 2, H_kv, capacity, D) buffer, or the library's cache
     num_tokens: int                      # tokens already in `cache`
     last_logits: torch.Tensor | None     # (vocab,) logits after the last prefilled token
+    pages: tuple[Page, ...] = ()         # the tree blocks the buffer's first positions were copied from:
+                                         # decode reads them instead, shared with every sequence that matched them
 
 
 class Runner:
@@ -85,11 +88,12 @@ class Runner:
         num_cached = sum(p.shape[3] for p in payloads)
         if self.lean is not None:
             buffer = self.lean.new_cache(max(capacity, num_cached))
-            position = 0
+            position, pages = 0, []
             for payload in payloads:
                 buffer[:, :, :, position:position + payload.shape[3]] = payload
+                pages.append(Page(payload, position))
                 position += payload.shape[3]
-            return PrefillState(buffer, num_cached, None)
+            return PrefillState(buffer, num_cached, None, tuple(pages))
         if not payloads:
             return PrefillState(DynamicCache(config=self.model.config), 0, None)
         kv = torch.cat(payloads, dim=3) if len(payloads) > 1 else payloads[0]   # (L, 2, H, T, D)
@@ -172,7 +176,7 @@ class Runner:
         if self.lean is not None:
             _use_threads(1)
             state.last_logits = self.lean.decode((state.cache,), (state.num_tokens,),
-                                                 torch.tensor((token_id,), dtype=torch.long))[0]
+                                                 torch.tensor((token_id,), dtype=torch.long), (state.pages,))[0]
         else:
             state.last_logits = self._forward(state, (token_id,))
         state.num_tokens += 1
@@ -196,7 +200,7 @@ class Runner:
         self._on_owner_thread()
         _use_threads(1)
         logits = self.lean.decode(tuple(s.cache for s in states), tuple(s.num_tokens for s in states),
-                                  torch.tensor(token_ids, dtype=torch.long))            # (B, V)
+                                  torch.tensor(token_ids, dtype=torch.long), tuple(s.pages for s in states))  # (B, V)
         for state, row in zip(states, logits):
             state.last_logits = row
             state.num_tokens += 1

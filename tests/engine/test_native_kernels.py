@@ -231,3 +231,45 @@ def test_decoding_past_the_kv_buffer_is_refused(int4_runner):
     int4_runner.prefill_part(state, (1, 2, 3))
     with pytest.raises(RuntimeError):
         int4_runner.decode_step(state, 4)
+
+
+@torch.inference_mode()
+def test_a_cached_prefix_read_from_its_tree_blocks_gives_the_bits_of_the_buffer(int4_runner):
+    """Decode reads a sequence's matched blocks where the tree keeps them (shared by every sequence that
+    matched them) instead of the buffer's copies: the same values, so the same logits, bit for bit."""
+    from segcache.engine.fused_decode import Page
+
+    tokenizer, lean = int4_runner.loaded.tokenizer, int4_runner.lean
+    ids = tuple(tokenizer("A block of rules. " * 20 + "Then a question:")["input_ids"])
+    warm = int4_runner.start([], len(ids))
+    blocks = []
+    for start in range(0, len(ids), 37):                          # blocks of 37 tokens, a short last one
+        int4_runner.prefill_part(warm, ids[start:start + 37])
+        blocks.append(int4_runner.part_kv(warm, start))
+    cached = sum(b.shape[3] for b in blocks[:-1])                  # all but the last block come from the "tree"
+
+    def decode(with_pages: bool, batch: int):
+        states = []
+        for _ in range(batch):
+            state = int4_runner.start(blocks[:-1], len(ids) + 4)
+            int4_runner.prefill_part(state, ids[cached:])
+            if not with_pages:
+                state.pages = ()
+            states.append(state)
+        rows = [int4_runner.decode_batch(states, [5] * batch) for _ in range(3)]
+        return torch.stack([torch.stack(r) for r in rows]), states
+
+    assert len(int4_runner.start(blocks[:-1], len(ids)).pages) == len(blocks) - 1
+    for batch in (1, 3):
+        paged, states = decode(True, batch)
+        copies, _ = decode(False, batch)
+        assert torch.equal(paged, copies)
+    # pages that do not continue where the previous one ended, or that reach the current position, are not
+    # read: the buffer serves those positions
+    state = states[0]
+    snapshot = state.cache.clone()
+    reference = lean.fused((state.cache,), (state.num_tokens,), torch.tensor([7]), threads=1)
+    for pages in ((Page(blocks[0], 0), Page(blocks[1], 40)), (Page(blocks[0], 0), Page(warm.cache[:, :, :, :80], 37))):
+        state.cache.copy_(snapshot)
+        assert torch.equal(lean.fused((state.cache,), (state.num_tokens,), torch.tensor([7]), threads=1,
+                                      pages=(pages,)), reference)

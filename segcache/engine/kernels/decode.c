@@ -88,25 +88,35 @@ static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
     memcpy(v, out, (size_t)d * sizeof(float));
 }
 
+/* Where a sequence's keys and values are: pages in position order, each a (L, 2, H_kv, capacity, D)
+   tensor that holds position `origin` at index 0 and is read for positions from..to-1. A cached prefix
+   is read from the tree's own blocks, which the sequences that share it share (they stay in the CPU's
+   caches while each sequence of a batch reads them), the rest from the sequence's buffer. The values are
+   the same either way (a buffer holds copies of the blocks), and so are the bits. */
+typedef struct { int64_t base, origin, from, to, capacity; } Page;
+
 /* Grouped-query attention of one sequence's query heads of KV head g over keys 0..last. Each key and
    value row is read and widened to float32 once for all the group's query heads. */
 #define MAX_GROUP 8
-static void attend(const Model *m, const float *q, void *cache, int64_t capacity, int64_t layer, int64_t g,
+static void attend(const Model *m, const float *q, const Page *pages, int64_t num_pages, int64_t layer, int64_t g,
                    int64_t last, float *out, float *scores) {
     const int64_t D = m->head_dim, group = m->heads / m->kv_heads, S = last + 1, chunks = D / 16;
-    const int64_t keys = ((layer * 2 + 0) * m->kv_heads + g) * capacity * D;
-    const int64_t values = ((layer * 2 + 1) * m->kv_heads + g) * capacity * D;
     const float scale = 1.0f / sqrtf((float)D);
     const float *qg = q + g * group * D;
-    for (int64_t j = 0; j < S; j++) {
-        __m512 k[8];
-        for (int64_t c = 0; c < chunks; c++)
-            k[c] = load16_kv(cache, keys + j * D + c * 16, m->kv_bf16);
-        for (int64_t r = 0; r < group; r++) {
-            __m512 acc = _mm512_setzero_ps();
+    for (int64_t p = 0; p < num_pages; p++) {
+        const void *cache = (const void *)(uintptr_t)pages[p].base;
+        const int64_t keys = ((layer * 2 + 0) * m->kv_heads + g) * pages[p].capacity * D - pages[p].origin * D;
+        const int64_t end = pages[p].to < S ? pages[p].to : S;
+        for (int64_t j = pages[p].from; j < end; j++) {
+            __m512 k[8];
             for (int64_t c = 0; c < chunks; c++)
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * D + c * 16), k[c], acc);
-            scores[r * S + j] = _mm512_reduce_add_ps(acc) * scale;
+                k[c] = load16_kv(cache, keys + j * D + c * 16, m->kv_bf16);
+            for (int64_t r = 0; r < group; r++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t c = 0; c < chunks; c++)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * D + c * 16), k[c], acc);
+                scores[r * S + j] = _mm512_reduce_add_ps(acc) * scale;
+            }
         }
     }
     float inverse[MAX_GROUP];
@@ -131,14 +141,19 @@ static void attend(const Model *m, const float *q, void *cache, int64_t capacity
     for (int64_t r = 0; r < group; r++)
         for (int64_t c = 0; c < chunks; c++)
             acc[r][c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < S; j++) {
-        __m512 v[8];
-        for (int64_t c = 0; c < chunks; c++)
-            v[c] = load16_kv(cache, values + j * D + c * 16, m->kv_bf16);
-        for (int64_t r = 0; r < group; r++) {
-            __m512 p = _mm512_set1_ps(scores[r * S + j]);
+    for (int64_t p = 0; p < num_pages; p++) {
+        const void *cache = (const void *)(uintptr_t)pages[p].base;
+        const int64_t values = ((layer * 2 + 1) * m->kv_heads + g) * pages[p].capacity * D - pages[p].origin * D;
+        const int64_t end = pages[p].to < S ? pages[p].to : S;
+        for (int64_t j = pages[p].from; j < end; j++) {
+            __m512 v[8];
             for (int64_t c = 0; c < chunks; c++)
-                acc[r][c] = _mm512_fmadd_ps(p, v[c], acc[r][c]);
+                v[c] = load16_kv(cache, values + j * D + c * 16, m->kv_bf16);
+            for (int64_t r = 0; r < group; r++) {
+                __m512 w = _mm512_set1_ps(scores[r * S + j]);
+                for (int64_t c = 0; c < chunks; c++)
+                    acc[r][c] = _mm512_fmadd_ps(w, v[c], acc[r][c]);
+            }
         }
     }
     for (int64_t r = 0; r < group; r++)
@@ -179,10 +194,14 @@ static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *
 #define SPLIT(N, part, parts) chunk_start((N), (parts), (part)), chunk_start((N), (parts), (part) + 1)
 
 /* x (B, hidden) float32: the step's input embeddings, overwritten. caches: B addresses of (L, 2, H_kv,
-   capacity, D) buffers; positions: where each sequence's token goes. logits (B, vocab) in the KV dtype.
-   Returns 0, or -1 for shapes the kernels do not take or when memory ran out. */
+   capacity, D) buffers; positions: where each sequence's token goes. pages: for each sequence, page_counts[b]
+   pages (5 int64 each: address, origin, from, to, capacity) that cover its positions 0..from of the next
+   page, in order, ahead of its own buffer, which covers the rest; NULL: every sequence reads its buffer
+   alone. logits (B, vocab) in the KV dtype. Returns 0, or -1 for shapes the kernels do not take, pages
+   that do not tile a sequence's positions, or when memory ran out. */
 int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *caches, const int64_t *capacities,
-                         const int64_t *positions, void *logits, int threads) {
+                         const int64_t *positions, const int64_t *pages, const int64_t *page_counts, void *logits,
+                         int threads) {
     const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
     const int64_t qkv_n = (H + 2 * Hkv) * D;
     if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0)
@@ -192,6 +211,35 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         if (positions[b] >= capacities[b] || positions[b] >= m->max_positions)
             return -1;
         longest = positions[b] + 1 > longest ? positions[b] + 1 : longest;
+    }
+    /* Each sequence's page table: its pages, then its own buffer from where they end. */
+    int64_t total_pages = B;
+    for (int64_t b = 0; pages && b < B; b++)
+        total_pages += page_counts[b];
+    Page *table = malloc((size_t)total_pages * sizeof(Page));
+    int64_t *first = malloc((size_t)(B + 1) * sizeof(int64_t));
+    if (!table || !first) {
+        free(table); free(first);
+        return -1;
+    }
+    int64_t at = 0, given = 0, tiled = 1;
+    for (int64_t b = 0; b < B; b++) {
+        first[b] = at;
+        int64_t covered = 0;
+        for (int64_t p = 0; pages && p < page_counts[b]; p++, given++) {
+            const int64_t *e = pages + 5 * given;
+            Page page = {e[0], e[1], e[2], e[3], e[4]};
+            tiled &= page.from == covered && page.to > page.from && page.to <= positions[b]
+                     && page.origin <= page.from && page.to - page.origin <= page.capacity;
+            covered = page.to;
+            table[at++] = page;
+        }
+        table[at++] = (Page){caches[b], 0, covered, positions[b] + 1, capacities[b]};
+    }
+    first[B] = at;
+    if (!tiled) {
+        free(table); free(first);
+        return -1;
     }
     threads = threads < 1 ? 1 : threads;
     const int64_t group = H / Hkv;
@@ -238,7 +286,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 #pragma omp for schedule(static)
                 for (int64_t item = 0; item < B * Hkv; item++) {
                     int64_t b = item / Hkv, g = item % Hkv;
-                    attend(m, qkv + b * qkv_n, (void *)(uintptr_t)caches[b], capacities[b], l, g, positions[b],
+                    attend(m, qkv + b * qkv_n, table + first[b], first[b + 1] - first[b], l, g, positions[b],
                            attn + b * H * D, my_scores);
                 }
                 #pragma omp single
@@ -286,5 +334,6 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         }
     }
     free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(scores);
+    free(table); free(first);
     return ok ? 0 : -1;
 }
