@@ -113,6 +113,7 @@ class Executor:
         if node is not None:
             progress.parent = node
             progress.held.append(node)
+            self.runner.read_from_block(sequence.state, node.payload, start)
 
     def finish_prefill(self, sequence: Sequence) -> PromptReport:
         """Pin if asked, release the chain, and report what was cached and computed."""

@@ -151,6 +151,13 @@ class Runner:
         return (torch.equal(self.part_kv(spanned, 0), self.part_kv(alone, 0))
                 and torch.equal(spanned.last_logits, alone.last_logits))
 
+    def read_from_block(self, state: PrefillState, payload: object, start: int) -> None:
+        """Let decode read positions start.. of `state` from a tree block's KV (the copy the tree keeps of what
+        this sequence just computed, or the one another sequence put there first: the same bits), as it reads
+        the blocks the sequence matched. Pages that do not continue the state's are ignored at decode."""
+        if self.lean is not None and isinstance(payload, torch.Tensor):
+            state.pages += (Page(payload, start),)
+
     def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
         """A copy of the KV of positions start..end (default num_tokens: the part just prefilled), (L, 2, H, T, D)."""
         end = state.num_tokens if end is None else end
