@@ -273,3 +273,29 @@ def test_a_cached_prefix_read_from_its_tree_blocks_gives_the_bits_of_the_buffer(
         state.cache.copy_(snapshot)
         assert torch.equal(lean.fused((state.cache,), (state.num_tokens,), torch.tensor([7]), threads=1,
                                       pages=(pages,)), reference)
+
+
+@torch.inference_mode()
+def test_attention_over_several_pieces_merges_to_the_softmax_over_all_keys(int4_runner):
+    """Past 512 positions the fused step's attention runs in pieces (any thread may take any piece) merged
+    in position order: the same bits on 1, 2 or 3 threads, and the distribution of the per-op path."""
+    tokenizer, lean = int4_runner.loaded.tokenizer, int4_runner.lean
+    ids = tuple(tokenizer("Notes on caching: a block's keys and values are computed once. " * 90)["input_ids"])
+    assert len(ids) > 2 * 512
+    state = int4_runner.start([], len(ids) + 2)
+    int4_runner.prefill_part(state, ids)
+    snapshot, token = state.cache.clone(), torch.tensor([int(state.last_logits.argmax())])
+    rows = []
+    for threads in (1, 2, 3):
+        state.cache.copy_(snapshot)
+        rows.append(lean.fused((state.cache,), (state.num_tokens,), token, threads=threads)[0])
+    assert torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2])
+    state.cache.copy_(snapshot)
+    saved, lean.fused = lean.fused, None
+    try:
+        ops = lean.decode((state.cache,), (state.num_tokens,), token)[0]
+    finally:
+        lean.fused = saved
+    assert int(ops.argmax()) == int(rows[0].argmax())
+    log_fused, log_ops = torch.log_softmax(rows[0].float(), -1), torch.log_softmax(ops.float(), -1)
+    assert torch.nn.functional.kl_div(log_fused, log_ops, log_target=True, reduction="sum") < 0.05

@@ -3,7 +3,8 @@
    Why one call: with the projections on the block kernels, a step's arithmetic is a few milliseconds,
    and the ~80 small tensor ops per layer around them (norms, rotary, KV writes, per-sequence attention)
    cost as much again in dispatch. Here they are loops over a few hundred floats, inside one OpenMP
-   region whose threads split each projection's outputs and the (sequence, KV head) pairs of attention.
+   region whose threads split each projection's outputs and attention's (sequence, KV head, piece of 512
+   positions) items; each sequence's cached prefix is read from the tree's blocks (page tables).
 
    Per layer, for each sequence b (the residual stream x stays float32 across the layers):
        h = rmsnorm(x) ; qkv = h W_qkv ; rotate q, k at position p_b ; cache_b[layer] k|v at p_b
@@ -12,8 +13,8 @@
    then logits = rmsnorm(x) W_head.
 
    Every row's arithmetic is the same whatever B, the row's place and the thread count (rows never mix;
-   each (sequence, KV head) is one thread's fixed loop), so a row decoded in a batch gets the bits it
-   gets alone. One translation unit with the block kernels, whose static functions it reuses.
+   each attention piece is one thread's fixed loop over fixed positions, and the pieces merge in position
+   order), so a row decoded in a batch gets the bits it gets alone. One translation unit with the block kernels, whose static functions it reuses.
 */
 
 #include "qmatmul.c"
@@ -95,19 +96,24 @@ static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
    the same either way (a buffer holds copies of the blocks), and so are the bits. */
 typedef struct { int64_t base, origin, from, to, capacity; } Page;
 
-/* Grouped-query attention of one sequence's query heads of KV head g over keys 0..last. Each key and
-   value row is read and widened to float32 once for all the group's query heads. */
+/* Grouped-query attention of one sequence's query heads of KV head g, in pieces of PIECE positions at
+   fixed offsets from position 0, so that a long context's work splits between threads whatever their
+   number and each piece's arithmetic depends on its positions only (never on the batch or the threads).
+   A piece computes, per query head r of the group, its largest score, the sum of exp(score - largest)
+   and the exp-weighted sum of the values; `merge` joins the pieces in position order. Each key and value
+   row is read and widened to float32 once for all the group's query heads. */
 #define MAX_GROUP 8
-static void attend(const Model *m, const float *q, const Page *pages, int64_t num_pages, int64_t layer, int64_t g,
-                   int64_t last, float *out, float *scores) {
-    const int64_t D = m->head_dim, group = m->heads / m->kv_heads, S = last + 1, chunks = D / 16;
+#define PIECE 512
+static void attend_piece(const Model *m, const float *q, const Page *pages, int64_t num_pages, int64_t layer,
+                         int64_t g, int64_t lo, int64_t hi, float *part, float *scores) {
+    const int64_t D = m->head_dim, group = m->heads / m->kv_heads, n = hi - lo, chunks = D / 16;
     const float scale = 1.0f / sqrtf((float)D);
     const float *qg = q + g * group * D;
     for (int64_t p = 0; p < num_pages; p++) {
         const void *cache = (const void *)(uintptr_t)pages[p].base;
         const int64_t keys = ((layer * 2 + 0) * m->kv_heads + g) * pages[p].capacity * D - pages[p].origin * D;
-        const int64_t end = pages[p].to < S ? pages[p].to : S;
-        for (int64_t j = pages[p].from; j < end; j++) {
+        const int64_t from = pages[p].from > lo ? pages[p].from : lo, to = pages[p].to < hi ? pages[p].to : hi;
+        for (int64_t j = from; j < to; j++) {
             __m512 k[8];
             for (int64_t c = 0; c < chunks; c++)
                 k[c] = load16_kv(cache, keys + j * D + c * 16, m->kv_bf16);
@@ -115,27 +121,26 @@ static void attend(const Model *m, const float *q, const Page *pages, int64_t nu
                 __m512 acc = _mm512_setzero_ps();
                 for (int64_t c = 0; c < chunks; c++)
                     acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * D + c * 16), k[c], acc);
-                scores[r * S + j] = _mm512_reduce_add_ps(acc) * scale;
+                scores[r * PIECE + j - lo] = _mm512_reduce_add_ps(acc) * scale;
             }
         }
     }
-    float inverse[MAX_GROUP];
-    for (int64_t r = 0; r < group; r++) {
-        float *s = scores + r * S;
+    for (int64_t r = 0; r < group; r++) {          /* part[r] = (largest, sum of exps, D weighted values) */
+        float *s = scores + r * PIECE, *head = part + r * (D + 2);
         __m512 top = _mm512_set1_ps(-INFINITY);
-        for (int64_t j = 0; j < S; j += 16) {
-            __mmask16 live = S - j >= 16 ? 0xffff : (__mmask16)((1u << (S - j)) - 1);
+        for (int64_t j = 0; j < n; j += 16) {
+            __mmask16 live = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
             top = _mm512_mask_max_ps(top, live, top, _mm512_maskz_loadu_ps(live, s + j));
         }
-        __m512 peak = _mm512_set1_ps(_mm512_reduce_max_ps(top));
-        __m512 total = _mm512_setzero_ps();
-        for (int64_t j = 0; j < S; j += 16) {
-            __mmask16 live = S - j >= 16 ? 0xffff : (__mmask16)((1u << (S - j)) - 1);
+        head[0] = _mm512_reduce_max_ps(top);
+        __m512 peak = _mm512_set1_ps(head[0]), total = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j += 16) {
+            __mmask16 live = n - j >= 16 ? 0xffff : (__mmask16)((1u << (n - j)) - 1);
             __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + j), peak)));
             _mm512_mask_storeu_ps(s + j, live, e);
             total = _mm512_add_ps(total, e);
         }
-        inverse[r] = 1.0f / _mm512_reduce_add_ps(total);
+        head[1] = _mm512_reduce_add_ps(total);
     }
     __m512 acc[MAX_GROUP][8];
     for (int64_t r = 0; r < group; r++)
@@ -144,13 +149,13 @@ static void attend(const Model *m, const float *q, const Page *pages, int64_t nu
     for (int64_t p = 0; p < num_pages; p++) {
         const void *cache = (const void *)(uintptr_t)pages[p].base;
         const int64_t values = ((layer * 2 + 1) * m->kv_heads + g) * pages[p].capacity * D - pages[p].origin * D;
-        const int64_t end = pages[p].to < S ? pages[p].to : S;
-        for (int64_t j = pages[p].from; j < end; j++) {
+        const int64_t from = pages[p].from > lo ? pages[p].from : lo, to = pages[p].to < hi ? pages[p].to : hi;
+        for (int64_t j = from; j < to; j++) {
             __m512 v[8];
             for (int64_t c = 0; c < chunks; c++)
                 v[c] = load16_kv(cache, values + j * D + c * 16, m->kv_bf16);
             for (int64_t r = 0; r < group; r++) {
-                __m512 w = _mm512_set1_ps(scores[r * S + j]);
+                __m512 w = _mm512_set1_ps(scores[r * PIECE + j - lo]);
                 for (int64_t c = 0; c < chunks; c++)
                     acc[r][c] = _mm512_fmadd_ps(w, v[c], acc[r][c]);
             }
@@ -158,7 +163,31 @@ static void attend(const Model *m, const float *q, const Page *pages, int64_t nu
     }
     for (int64_t r = 0; r < group; r++)
         for (int64_t c = 0; c < chunks; c++)
-            _mm512_storeu_ps(out + (g * group + r) * D + c * 16, _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inverse[r])));
+            _mm512_storeu_ps(part + r * (D + 2) + 2 + c * 16, acc[r][c]);
+}
+
+/* The pieces of one (sequence, KV head), in position order, into its query heads' outputs. */
+static void merge(const Model *m, const float *parts, int64_t pieces, int64_t g, float *out) {
+    const int64_t D = m->head_dim, group = m->heads / m->kv_heads, stride = group * (D + 2);
+    for (int64_t r = 0; r < group; r++) {
+        float top = -INFINITY;
+        for (int64_t p = 0; p < pieces; p++)
+            top = parts[p * stride + r * (D + 2)] > top ? parts[p * stride + r * (D + 2)] : top;
+        float total = 0.0f;
+        float *o = out + (g * group + r) * D;
+        for (int64_t i = 0; i < D; i++)
+            o[i] = 0.0f;
+        for (int64_t p = 0; p < pieces; p++) {
+            const float *head = parts + p * stride + r * (D + 2);
+            float weight = _mm512_cvtss_f32(exp16(_mm512_set1_ps(head[0] - top)));
+            total += head[1] * weight;
+            for (int64_t i = 0; i < D; i++)
+                o[i] += head[2 + i] * weight;
+        }
+        const float inverse = 1.0f / total;
+        for (int64_t i = 0; i < D; i++)
+            o[i] *= inverse;
+    }
 }
 
 static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf16) {
@@ -206,12 +235,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     const int64_t qkv_n = (H + 2 * Hkv) * D;
     if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0)
         return -1;
-    int64_t longest = 0;
-    for (int64_t b = 0; b < B; b++) {
-        if (positions[b] >= capacities[b] || positions[b] >= m->max_positions)
+    for (int64_t b = 0; b < B; b++)
+        if (positions[b] >= capacities[b] || positions[b] >= m->max_positions || positions[b] < 0)
             return -1;
-        longest = positions[b] + 1 > longest ? positions[b] + 1 : longest;
-    }
     /* Each sequence's page table: its pages, then its own buffer from where they end. */
     int64_t total_pages = B;
     for (int64_t b = 0; pages && b < B; b++)
@@ -243,6 +269,16 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     }
     threads = threads < 1 ? 1 : threads;
     const int64_t group = H / Hkv;
+    /* Attention work items: (sequence, KV head, piece of PIECE positions); item_start[b] is sequence b's first. */
+    int64_t *item_start = malloc((size_t)(B + 1) * sizeof(int64_t));
+    int64_t items = 0;
+    for (int64_t b = 0; item_start && b < B; b++) {
+        item_start[b] = items;
+        items += Hkv * ((positions[b] + PIECE) / PIECE);
+    }
+    if (item_start)
+        item_start[B] = items;
+    float *partials = malloc((size_t)(items > 0 ? items : 1) * group * (D + 2) * sizeof(float));
     float *h = aligned_alloc(64, (size_t)(B * C) * sizeof(float));
     float *qkv = aligned_alloc(64, (size_t)(B * qkv_n) * sizeof(float));
     float *attn = aligned_alloc(64, (size_t)(B * H * D) * sizeof(float));
@@ -252,14 +288,14 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     Acts acts = {aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act)),
                  aligned_alloc(64, (size_t)(B * widest / 32) * sizeof(Q8Act)),
                  malloc((size_t)(B * widest / 32) * sizeof(float))};
-    float *scores = malloc((size_t)(threads * group * ((longest + 15) / 16 * 16)) * sizeof(float));
-    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && scores;
+    float *scores = malloc((size_t)(threads * group * PIECE) * sizeof(float));
+    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && scores && item_start && partials;
     const int q8 = m->layers_q8;
     if (ok) {
         #pragma omp parallel num_threads(threads)
         {
             const int parts = omp_get_num_threads(), me = omp_get_thread_num();
-            float *my_scores = scores + me * group * ((longest + 15) / 16 * 16);
+            float *my_scores = scores + me * group * PIECE;
             for (int64_t l = 0; l < m->num_layers; l++) {
                 #pragma omp single
                 for (int64_t b = 0; b < B; b++) {
@@ -284,10 +320,20 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     }
                 }
                 #pragma omp for schedule(static)
-                for (int64_t item = 0; item < B * Hkv; item++) {
-                    int64_t b = item / Hkv, g = item % Hkv;
-                    attend(m, qkv + b * qkv_n, table + first[b], first[b + 1] - first[b], l, g, positions[b],
-                           attn + b * H * D, my_scores);
+                for (int64_t item = 0; item < items; item++) {
+                    int64_t b = 0;
+                    while (item >= item_start[b + 1])
+                        b++;
+                    const int64_t pieces = (item_start[b + 1] - item_start[b]) / Hkv, local = item - item_start[b];
+                    const int64_t g = local / pieces, piece = local % pieces;
+                    const int64_t lo = piece * PIECE, hi = lo + PIECE < positions[b] + 1 ? lo + PIECE : positions[b] + 1;
+                    attend_piece(m, qkv + b * qkv_n, table + first[b], first[b + 1] - first[b], l, g, lo, hi,
+                                 partials + item * group * (D + 2), my_scores);
+                }
+                #pragma omp for schedule(static)
+                for (int64_t pair = 0; pair < B * Hkv; pair++) {
+                    const int64_t b = pair / Hkv, g = pair % Hkv, pieces = (item_start[b + 1] - item_start[b]) / Hkv;
+                    merge(m, partials + (item_start[b] + g * pieces) * group * (D + 2), pieces, g, attn + b * H * D);
                 }
                 #pragma omp single
                 for (int64_t b = 0; b < B; b++)
@@ -334,6 +380,6 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         }
     }
     free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(scores);
-    free(table); free(first);
+    free(table); free(first); free(item_start); free(partials);
     return ok ? 0 : -1;
 }
