@@ -82,7 +82,7 @@ class LlamaForward:
 
     @torch.inference_mode()
     def forward(self, cache: torch.Tensor, start: int, ids: torch.Tensor, blocks: tuple[int, ...] | None = None,
-                use_threads: Callable[[int], None] | None = None) -> torch.Tensor:
+                use_threads: Callable[[int], None] | None = None, merges=None) -> torch.Tensor:
         """Run tokens `ids` (T,) at positions start..start+T-1; fill the cache; return the last logits (V,).
 
         The forward may span several consecutive blocks of sizes `blocks` (sum T; default one block), and
@@ -91,8 +91,10 @@ class LlamaForward:
         on the threads `use_threads(block rows)` sets; norms, RoPE, SiLU and adds are row-wise and run over
         the whole span. So a cached run, which starts at any block boundary and groups its blocks into
         forwards from there, computes every block exactly as an uncached run does (engine/units.py).
+        `merges` (engine/span_merges.py): runs of whole blocks whose linears one call computes with the bits
+        of the calls per block, as the start-up check found.
         """
-        span = _Span(start, blocks or (ids.shape[0],), use_threads)
+        span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
         x = F.embedding(ids, self.embed)                                     # (T, C)
         cos, sin = self.cos[start:span.end, None], self.sin[start:span.end, None]   # (T, 1, D)
         masks = [self._mask(block_start, size) for block_start, size in span.blocks()]   # once per forward
@@ -224,8 +226,9 @@ class _Span:
         attention of block b: its rows' queries against keys 0 .. the block's end
     """
 
-    def __init__(self, start: int, sizes: tuple[int, ...], use_threads: Callable[[int], None] | None):
+    def __init__(self, start: int, sizes: tuple[int, ...], use_threads: Callable[[int], None] | None, merges=None):
         self.start, self.sizes, self.use_threads = start, tuple(s for s in sizes if s) or (0,), use_threads
+        self.merges = merges
         self.num_rows = sum(self.sizes)
         self.end = start + self.num_rows
 
@@ -237,10 +240,31 @@ class _Span:
             position += size
 
     def linear(self, linear, x: torch.Tensor) -> torch.Tensor:
-        """linear(x) for x (T, in), computed block by block: (T, out)."""
+        """linear(x) for x (T, in), computed block by block, or run by run where `merges` allows: (T, out)."""
         if len(self.sizes) == 1:
             return linear(x)
-        return self._per_block(lambda index, offset, size: linear(x[offset:offset + size]), dim=0)
+        parts = []
+        for offset, rows in self._runs(linear):
+            if self.use_threads is not None:
+                self.use_threads(rows)
+            parts.append(linear(x[offset:offset + rows]))
+        if self.use_threads is not None:
+            self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
+        return torch.cat(parts, dim=0)
+
+    def _runs(self, linear) -> list[tuple[int, int]]:
+        """(offset, rows) of each call: a block, or consecutive whole blocks the start-up check merged."""
+        runs, offset, index = [], 0, 0
+        while index < len(self.sizes):
+            size, same = self.sizes[index], 1
+            while index + same < len(self.sizes) and self.sizes[index + same] == size:
+                same += 1
+            # the longest allowed run of the equal blocks that follow (a check may pass at 3 and fail at 2)
+            count = next((n for n in range(same, 1, -1) if self.merges is not None
+                          and self.merges.allows(linear, size, n)), 1)
+            runs.append((offset, size * count))
+            offset, index = offset + size * count, index + count
+        return runs
 
     def attend(self, attend, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masks) -> torch.Tensor:
         """Each block's queries q (H, rows, D) against keys and values (H_kv, capacity, D) up to its end,

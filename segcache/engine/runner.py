@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from segcache.engine import native
+from segcache.engine import native, span_merges
 from segcache.engine.fused_decode import Page
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
+from segcache.engine.span_merges import SpanMerges
 from segcache.engine.units import prefill_units
 from segcache.engine.weights import ProjectionBuilder
 
@@ -61,6 +62,7 @@ class Runner:
         if self.lean is None and loaded.weights.quantized:
             raise ValueError(f"--weights {loaded.weights.format} needs a Llama-family model (the lean forward); "
                              "serve this model with --weights auto")
+        self.span_merges = None          # runs of whole blocks a span's linears may merge (check_span_merges)
         self.num_prefill_tokens = 0      # tokens actually run through the model in prefill (for audits and tests)
         self.num_prefill_forwards = 0    # prefill forwards run; fewer than blocks when forwards spanned several
         self.num_decode_tokens = 0
@@ -130,7 +132,8 @@ class Runner:
         elif token_ids:
             self._use_threads(len(token_ids))
             ids = torch.tensor(token_ids, dtype=torch.long)                               # (T,)
-            state.last_logits = self.lean.forward(state.cache, state.num_tokens, ids, blocks, self._use_threads)
+            state.last_logits = self.lean.forward(state.cache, state.num_tokens, ids, blocks, self._use_threads,
+                                                  self.span_merges)
             state.num_tokens += len(token_ids)
             self.num_prefill_forwards += 1
         self.num_prefill_tokens += len(token_ids)
@@ -157,6 +160,22 @@ class Runner:
         the blocks the sequence matched. Pages that do not continue the state's are ignored at decode."""
         if self.lean is not None and isinstance(payload, torch.Tensor):
             state.pages += (Page(payload, start),)
+
+    @torch.inference_mode()
+    def check_span_merges(self, block_tokens: int, span_tokens: int) -> SpanMerges | None:
+        """The start-up check of engine/span_merges.py on this runner's projections and threads, then the span
+        check again with runs of whole blocks in it; None (no merging) where either finds a differing bit."""
+        if self.lean is None or span_tokens < 2 * block_tokens:
+            return None
+        layer = self.lean.layers[0]
+        merges = span_merges.check([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj], block_tokens,
+                                   span_tokens // block_tokens, self._use_threads, self.lean.dtype)
+        if not merges.allowed:
+            return merges
+        self.span_merges = merges
+        if not self.spans_agree((block_tokens, block_tokens, 7)):
+            self.span_merges = None
+        return self.span_merges
 
     def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
         """A copy of the KV of positions start..end (default num_tokens: the part just prefilled), (L, 2, H, T, D)."""

@@ -1,0 +1,36 @@
+"""Runs of whole blocks through one linear call: only where the start-up check found the bits of one call
+per block, and then a span's blocks keep their bits whatever runs they are grouped into."""
+
+import torch
+
+from segcache.engine.llama import _Span
+from segcache.engine.runner import Runner
+from segcache.engine.span_merges import SpanMerges, shape_key
+
+
+class _Linear:
+    format_name, out_features, in_features = "bf16", 8, 4
+
+
+def test_a_span_merges_the_longest_allowed_run_of_whole_blocks():
+    linear = _Linear()
+    merges = SpanMerges(128, frozenset({(shape_key(linear), 3)}), 1)   # 3 blocks agree, 2 do not
+    span = _Span(0, (128, 128, 128, 128, 99, 128, 128), None, merges)
+    assert span._runs(linear) == [(0, 384), (384, 128), (512, 99), (611, 128), (739, 128)]
+    assert _Span(0, (128,) * 4, None, None)._runs(linear) == [(0, 128), (128, 128), (256, 128), (384, 128)]
+    assert not merges.allows(linear, 64, 3)                          # only blocks of the checked size
+
+
+@torch.inference_mode()
+def test_merged_runs_keep_every_block_bit_for_bit(load):
+    runner = Runner(load("default", "bfloat16"), threads=2)
+    merges = runner.check_span_merges(64, 256)
+    assert merges is not None and merges.checked == 4
+    for count in range(2, 5):                                         # what the check allowed is what holds
+        for linear in (runner.lean.layers[3].qkv, runner.lean.layers[3].down_proj):
+            x = torch.randn((count * 64, linear.in_features)).bfloat16()
+            runner._use_threads(64)
+            blocks = torch.cat([linear(x[i * 64:(i + 1) * 64]) for i in range(count)])
+            runner._use_threads(count * 64)
+            assert torch.equal(linear(x), blocks) == merges.allows(linear, 64, count)
+    assert runner.spans_agree((64, 64, 64, 64, 9, 64, 64))            # a span with runs: each block's own bits
