@@ -96,6 +96,15 @@ static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
    the same either way (a buffer holds copies of the blocks), and so are the bits. */
 typedef struct { int64_t base, origin, from, to, capacity; } Page;
 
+/* Where a page's rows of KV head g start (kv: 0 keys, 1 values; row j is at + j * D), and the positions
+   from..to-1 of it that fall in lo..hi-1. */
+static inline int64_t page_rows(const Model *m, const Page *page, int64_t layer, int kv, int64_t g, int64_t lo,
+                                int64_t hi, int64_t *from, int64_t *to) {
+    *from = page->from > lo ? page->from : lo;
+    *to = page->to < hi ? page->to : hi;
+    return ((layer * 2 + kv) * m->kv_heads + g) * page->capacity * m->head_dim - page->origin * m->head_dim;
+}
+
 /* Grouped-query attention of one sequence's query heads of KV head g, in pieces of PIECE positions at
    fixed offsets from position 0, so that a long context's work splits between threads whatever their
    number and each piece's arithmetic depends on its positions only (never on the batch or the threads).
@@ -111,8 +120,8 @@ static void attend_piece(const Model *m, const float *q, const Page *pages, int6
     const float *qg = q + g * group * D;
     for (int64_t p = 0; p < num_pages; p++) {
         const void *cache = (const void *)(uintptr_t)pages[p].base;
-        const int64_t keys = ((layer * 2 + 0) * m->kv_heads + g) * pages[p].capacity * D - pages[p].origin * D;
-        const int64_t from = pages[p].from > lo ? pages[p].from : lo, to = pages[p].to < hi ? pages[p].to : hi;
+        int64_t from, to;
+        const int64_t keys = page_rows(m, &pages[p], layer, 0, g, lo, hi, &from, &to);
         for (int64_t j = from; j < to; j++) {
             __m512 k[8];
             for (int64_t c = 0; c < chunks; c++)
@@ -148,8 +157,8 @@ static void attend_piece(const Model *m, const float *q, const Page *pages, int6
             acc[r][c] = _mm512_setzero_ps();
     for (int64_t p = 0; p < num_pages; p++) {
         const void *cache = (const void *)(uintptr_t)pages[p].base;
-        const int64_t values = ((layer * 2 + 1) * m->kv_heads + g) * pages[p].capacity * D - pages[p].origin * D;
-        const int64_t from = pages[p].from > lo ? pages[p].from : lo, to = pages[p].to < hi ? pages[p].to : hi;
+        int64_t from, to;
+        const int64_t values = page_rows(m, &pages[p], layer, 1, g, lo, hi, &from, &to);
         for (int64_t j = from; j < to; j++) {
             __m512 v[8];
             for (int64_t c = 0; c < chunks; c++)
