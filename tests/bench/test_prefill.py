@@ -29,3 +29,18 @@ def test_vllm_runs_on_the_same_threads_and_model_folder():
     assert command[command.index("--model") + 1] == str(peers.default_model_dir())
     assert "--enable-prefix-caching" in command and command[command.index("--dtype") + 1] == "bfloat16"
     assert peers.VLLM.environment(options) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_NUM_THREADS": "2"}
+
+
+def test_a_peer_that_is_not_installed_is_named_with_how_to_get_it(monkeypatch, tmp_path):
+    import pytest
+
+    monkeypatch.setattr(peers, "vllm_python", lambda: None)
+    with pytest.raises(peers.PeerMissing, match="scripts/setup-vllm"):
+        peers.locate(peers.VLLM, None)
+    with pytest.raises(peers.PeerMissing, match="scripts/setup-llama-server"):
+        peers.locate(peers.LLAMA_SERVER, None)
+    assert peers.locate(peers.LLAMA_SERVER, tmp_path / "llama-server").binary == str(tmp_path / "llama-server")
+    monkeypatch.setattr(peers, "vllm_python", lambda: tmp_path / "python")
+    assert peers.locate(peers.VLLM, None).python == str(tmp_path / "python")
+    segcache = peers.SYSTEMS["segcache"]
+    assert peers.locate(segcache, None) is segcache
