@@ -3,7 +3,8 @@
 The forward never touches weight tensors directly, so the storage format of a projection is this
 module's business alone, and the forward and the batching scheduler stay the same whatever the format:
 
-    DenseLinear   the model dtype's weight (bfloat16 or float32), F.linear
+    DenseLinear   the model dtype's weight (bfloat16 or float32): our AMX kernel where the CPU has it
+                  (bfloat16; every row's bits independent of the call), else oneDNN / F.linear
     Int8Linear    per-output-channel int8, torch's `_weight_int8pack_mm`
     Int4Linear    groupwise int4 (32 inputs per scale and offset), `_weight_int4pack_mm_for_cpu`
     BlockLinear   Q4 or Q8 blocks of 32 on our VNNI kernels, int8 activations (engine/native.py)
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segcache.engine.native import BlockWeights
+from segcache.engine.native import AmxWeights, BlockWeights, amx_unavailable_reason
 from segcache.engine.quant import INT4_GROUP, Int4Codes, Int8Codes
 
 KERNEL_MAX_ROWS = 16   # the largest decode batch the integer path must serve with row-invariant bits
@@ -41,7 +42,14 @@ class DenseLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.weight, self.bias = weight, bias
-        self.onednn = _pack(weight)
+        self.amx = AmxWeights(weight, bias) if AmxWeights.takes(weight) and amx_unavailable_reason() is None \
+            else None
+        self.onednn = _pack(weight) if self.amx is None else None
+
+    def mergeable(self, rows: int) -> bool:
+        """Whether a forward may compute `rows` rows in one call with a larger set of rows and keep their bits:
+        true on the AMX kernel, whose rows never depend on the call (engine/kernels/amx.c)."""
+        return self.amx is not None
 
     @property
     def out_features(self) -> int:
@@ -56,6 +64,8 @@ class DenseLinear:
         return self.weight.dtype
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.amx is not None:
+            return self.amx.matmul(x)
         if self.onednn is not None and x.shape[0]:
             return torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -84,6 +94,10 @@ class _QuantizedLinear:
     @property
     def in_features(self) -> int:
         return self.dense.in_features
+
+    def mergeable(self, rows: int) -> bool:
+        """Forwards of more than KERNEL_MAX_ROWS rows run on the dense weight: mergeable where that is."""
+        return rows > KERNEL_MAX_ROWS and self.dense.mergeable(rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > KERNEL_MAX_ROWS:

@@ -250,12 +250,22 @@ class _Span:
             parts.append(linear(x[offset:offset + rows]))
         if self.use_threads is not None:
             self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
-        return torch.cat(parts, dim=0)
+        return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
 
     def _runs(self, linear) -> list[tuple[int, int]]:
-        """(offset, rows) of each call: a block, or consecutive whole blocks the start-up check merged."""
+        """(offset, rows) of each call: a block; consecutive blocks on a row-invariant kernel (`mergeable`:
+        the AMX kernel); or consecutive whole blocks the start-up check merged."""
         runs, offset, index = [], 0, 0
+        mergeable = getattr(linear, "mergeable", None)
         while index < len(self.sizes):
+            if mergeable is not None and mergeable(self.sizes[index]):
+                # a kernel whose rows never depend on the call: every following block of the kind joins
+                rows = 0
+                while index < len(self.sizes) and mergeable(self.sizes[index]):
+                    rows, index = rows + self.sizes[index], index + 1
+                runs.append((offset, rows))
+                offset += rows
+                continue
             size, same = self.sizes[index], 1
             while index + same < len(self.sizes) and self.sizes[index + same] == size:
                 same += 1

@@ -30,6 +30,7 @@ import torch
 KERNELS = Path(__file__).parent / "kernels"
 SOURCE = KERNELS / "decode.c"           # includes qmatmul.c: one translation unit, one library
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
+         "-mamx-tile", "-mamx-bf16",
          "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 THREADED_WORK = 1 << 18       # weights (N x K) from which a call splits its outputs over the threads
@@ -104,6 +105,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
                                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                              ctypes.c_void_p, ctypes.c_int]
     library.segcache_decode_step.restype = ctypes.c_int
+    library.segcache_amx_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    library.segcache_amx_matmul.restype = ctypes.c_int
     return library, None
 
 
@@ -190,3 +194,61 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.round(groups / safe[..., None]).clamp_(-127, 127).to(torch.int8)
     return codes.view(num_out, num_in), scale
+
+
+AMX_FLAGS = ("amx_tile", "amx_bf16")
+
+
+def amx_unavailable_reason() -> str | None:
+    """None when the AMX bfloat16 matmul can serve, else why not (for the start-up log and /health)."""
+    if os.environ.get("SEGCACHE_AMX", "").lower() in ("0", "off", "no"):
+        return "SEGCACHE_AMX=off"
+    return _amx()
+
+
+@lru_cache(maxsize=1)
+def _amx() -> str | None:
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    missing = [flag for flag in AMX_FLAGS if flag not in _cpu_flags()]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    if library().segcache_amx_init() != 0:
+        return "the kernel refused the tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
+    return None
+
+
+class AmxWeights:
+    """A dense bfloat16 weight (N, K) packed into AMX tiles (kernels/amx.c), with its bias as float32.
+
+    Every row of a product gets the same bits whatever the call's row count, the row's place and the
+    thread count, so a prefill forward runs a linear over all its rows in one call."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        num_out, num_in = weight.shape
+        self.num_out, self.num_in = num_out, num_in
+        # packed[n / 16][k / 32][(k % 32) / 2][n % 16][k % 2] = W[n][k]
+        self.packed = weight.to(torch.bfloat16).reshape(num_out // 16, 16, num_in // 32, 16, 2) \
+            .permute(0, 2, 3, 1, 4).contiguous()
+        self.bias = None if bias is None else bias.float().contiguous()
+
+    @staticmethod
+    def takes(weight: torch.Tensor) -> bool:
+        """Whether the kernel takes this weight's shape and dtype (K and N multiples of 32, bfloat16)."""
+        return weight.dtype == torch.bfloat16 and weight.dim() == 2 \
+            and weight.shape[0] % 32 == 0 and weight.shape[1] % 32 == 0
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) bfloat16 -> (M, N) bfloat16."""
+        x = x.contiguous()
+        out = torch.empty((x.shape[0], self.num_out), dtype=torch.bfloat16)
+        if x.shape[0] == 0:
+            return out
+        threads = _threads if x.shape[0] * self.num_out * self.num_in >= THREADED_WORK * 4 else 1
+        status = library().segcache_amx_matmul(x.data_ptr(), x.shape[0], self.num_in, self.packed.data_ptr(),
+                                               None if self.bias is None else self.bias.data_ptr(),
+                                               self.num_out, out.data_ptr(), threads)
+        if status != 0:
+            raise RuntimeError(f"AMX kernel refused a ({x.shape[0]}, {self.num_in}) input")
+        return out

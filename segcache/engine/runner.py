@@ -165,6 +165,15 @@ class Runner:
         if self.lean is not None and isinstance(payload, torch.Tensor):
             state.pages += (Page(payload, start),)
 
+    def linears_merge(self, block_tokens: int) -> bool:
+        """Whether a span's linears run over all its blocks in one call with no check (a kernel whose row bits
+        never depend on the call: engine/kernels/amx.c)."""
+        if self.lean is None:
+            return False
+        layer = self.lean.layers[0]
+        return all(linear.mergeable(block_tokens) for linear in (layer.qkv, layer.o_proj, layer.gate_up,
+                                                                  layer.down_proj))
+
     @torch.inference_mode()
     def check_span_merges(self, block_tokens: int, span_tokens: int) -> SpanMerges | None:
         """The start-up check of engine/span_merges.py on this runner's projections and threads, then the span

@@ -53,10 +53,13 @@ class WeightPlan:
 
     @property
     def scope_name(self) -> str:
-        """What the weights fingerprint hashes: the format, and for a quantized one its kernels."""
+        """What the weights fingerprint hashes: the format, and the kernels that give its bits (the block
+        kernels of a quantized one; the AMX kernel where it runs the bfloat16 dense projections)."""
+        amx = self.format != "float32" and native.amx_unavailable_reason() is None
         if not self.quantized:
-            return self.format
-        return f"{self.format}/vnni-{native.kernel_id()}" if self.kernels == "vnni" else f"{self.format}/torch"
+            return f"{self.format}/amx-{native.kernel_id()}" if amx else self.format
+        kernels = f"vnni-{native.kernel_id()}" if self.kernels == "vnni" else "torch"
+        return f"{self.format}/{kernels}" + (f"+amx-{native.kernel_id()}" if amx else "")
 
 
 def dense_format(dtype: torch.dtype) -> str:

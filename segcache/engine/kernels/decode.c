@@ -21,6 +21,8 @@
 
 #include <omp.h>
 
+#include "amx.c"
+
 typedef struct {
     int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, vocab, max_positions;
     float eps;

@@ -1,0 +1,81 @@
+"""The AMX bfloat16 matmul (engine/kernels/amx.c): it computes x W^T + b, every row gets the same bits in a
+call of any size, at any place and on any thread count, and where it serves a prefill span runs each linear
+over all its blocks in one call, with the cache scope saying so."""
+
+import pytest
+import torch
+
+from segcache.engine import native
+from segcache.engine.linear import KERNEL_MAX_ROWS, BlockLinear, DenseLinear
+from segcache.engine.llama import _Span
+from segcache.engine.model import embedded_gguf_path
+from segcache.engine.weights import plan_weights
+
+pytestmark = pytest.mark.skipif(native.amx_unavailable_reason() is not None,
+                                reason=f"AMX kernel unavailable: {native.amx_unavailable_reason()}")
+
+
+def _weights(num_out: int, num_in: int, seed: int, bias: bool = False):
+    generator = torch.Generator().manual_seed(seed)
+    weight = (torch.randn((num_out, num_in), generator=generator) * 0.05).bfloat16()
+    return weight, (torch.randn((num_out,), generator=generator).bfloat16() if bias else None)
+
+
+@pytest.mark.parametrize("shape", [(96, 64), (960, 576), (64, 1536)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_kernel_computes_x_times_the_weights_plus_the_bias(shape, with_bias):
+    weight, bias = _weights(*shape, seed=1, bias=with_bias)
+    x = torch.randn((45, shape[1]), generator=torch.Generator().manual_seed(2)).bfloat16()
+    y = native.AmxWeights(weight, bias).matmul(x)
+    exact = x.double() @ weight.double().T + (0 if bias is None else bias.double())
+    # float32 accumulation, one rounding to bfloat16 at the end: within a bfloat16 step of the exact value
+    assert y.dtype == torch.bfloat16 and y.shape == (45, shape[0])
+    assert ((y.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-3).all()
+
+
+def test_every_row_gets_its_own_bits_in_any_call_at_any_place_on_any_threads():
+    weight, bias = _weights(960, 576, seed=3, bias=True)
+    amx = native.AmxWeights(weight, bias)
+    x = torch.randn((300, 576), generator=torch.Generator().manual_seed(4)).bfloat16()
+    saved = native.threads()
+    try:
+        native.set_threads(1)
+        alone = torch.cat([amx.matmul(x[i:i + 1]) for i in range(x.shape[0])])
+        for threads in (1, 2, 3):
+            native.set_threads(threads)
+            assert torch.equal(amx.matmul(x), alone)
+            for start, size in ((0, 16), (5, 17), (31, 33), (100, 128), (7, 293)):   # partial blocks, any offset
+                assert torch.equal(amx.matmul(x[start:start + size]), alone[start:start + size])
+    finally:
+        native.set_threads(saved)
+
+
+def test_shapes_the_kernel_does_not_take_stay_on_onednn():
+    assert not native.AmxWeights.takes(torch.zeros((96, 48), dtype=torch.bfloat16))     # K not a multiple of 32
+    assert not native.AmxWeights.takes(torch.zeros((80, 64), dtype=torch.bfloat16))     # N not a multiple of 32
+    assert not native.AmxWeights.takes(torch.zeros((96, 64)))                            # float32
+    odd = DenseLinear(*_weights(80, 64, seed=5))
+    assert odd.amx is None and not odd.mergeable(128)
+    assert DenseLinear(*_weights(96, 64, seed=5)).mergeable(128)
+
+
+def test_a_span_runs_each_linear_over_its_blocks_in_one_call_where_rows_never_depend_on_it():
+    dense = DenseLinear(*_weights(96, 64, seed=6))
+    span = _Span(0, (128, 128, 99, 7), None, None)
+    assert span._runs(dense) == [(0, 362)]
+    # a quantized linear runs forwards of up to KERNEL_MAX_ROWS rows on its integer kernel: those stay apart
+    quantized = BlockLinear(native.pack_q8(*native.quantize_q8(dense.weight)), dense)
+    assert quantized.mergeable(KERNEL_MAX_ROWS + 1) and not quantized.mergeable(KERNEL_MAX_ROWS)
+    assert span._runs(quantized) == [(0, 355), (355, 7)]
+    assert _Span(0, (9, 128, 128, 5, 64), None, None)._runs(quantized) == [(0, 9), (9, 256), (265, 5), (270, 64)]
+
+
+def test_the_kernel_is_part_of_the_cache_scope_and_can_be_turned_off(monkeypatch):
+    on = plan_weights("bf16", torch.bfloat16, None).scope_name
+    int4 = plan_weights("int4", torch.bfloat16, embedded_gguf_path()).scope_name
+    monkeypatch.setenv("SEGCACHE_AMX", "off")
+    assert native.amx_unavailable_reason() == "SEGCACHE_AMX=off"
+    assert DenseLinear(*_weights(96, 64, seed=7)).amx is None
+    assert plan_weights("bf16", torch.bfloat16, None).scope_name == "bf16" != on
+    assert "amx" not in plan_weights("int4", torch.bfloat16, embedded_gguf_path()).scope_name and "amx" in int4
+    assert plan_weights("float32", torch.float32, None).scope_name == "float32"
