@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from segcache.engine import native
 from segcache.engine.fused_decode import FusedDecode
 from segcache.engine.linear import DenseLinear
 from segcache.engine.weights import ProjectionBuilder
@@ -55,6 +56,9 @@ class LlamaForward:
         self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
         self.fused = self._fused(inner)
+        # prefill attention on our AMX kernel (a query's bits independent of the call) where it applies
+        self.amx_attention = (self.dtype == torch.bfloat16 and self.head_dim == native.AMX_HEAD_DIM
+                              and self.num_heads % self.num_kv_heads == 0 and native.amx_unavailable_reason() is None)
 
     def _fused(self, inner: torch.nn.Module):
         """The one-call native decode step where the weights allow it (engine/fused_decode.py), else None;
@@ -92,19 +96,26 @@ class LlamaForward:
         the whole span. So a cached run, which starts at any block boundary and groups its blocks into
         forwards from there, computes every block exactly as an uncached run does (engine/units.py).
         `merges` (engine/span_merges.py): runs of whole blocks whose linears one call computes with the bits
-        of the calls per block, as the start-up check found.
+        of the calls per block, as the start-up check found. On AMX (bfloat16), the linears and the attention
+        run on kernels whose rows never depend on the call (engine/kernels/amx*.c): one call each per span.
         """
         span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
         x = F.embedding(ids, self.embed)                                     # (T, C)
         cos, sin = self.cos[start:span.end, None], self.sin[start:span.end, None]   # (T, 1, D)
-        masks = [self._mask(block_start, size) for block_start, size in span.blocks()]   # once per forward
+        masks = None if self.amx_attention else [self._mask(block_start, size) for block_start, size in span.blocks()]
         for index, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
-            q, k, v = self._qkv(span.linear(layer.qkv, h), cos, sin)        # (H, T, D), (Hkv, T, D) x2
+            qkv = span.linear(layer.qkv, h)
+            q, k, v = self._qkv(qkv, cos, sin)                               # (H, T, D), (Hkv, T, D) x2
             cache[index, 0, :, start:span.end] = k
             cache[index, 1, :, start:span.end] = v
-            attn = span.attend(self._attend, q, cache[index, 0], cache[index, 1], masks)   # (H, T, D)
-            x = x + span.linear(layer.o_proj, attn.transpose(0, 1).reshape(span.num_rows, -1))
+            if self.amx_attention:    # every query of the span in one call: (T, H D)
+                attn = native.amx_attention(qkv, cache[index, 0], cache[index, 1], start, self.num_heads,
+                                            self.num_kv_heads, self.head_dim)
+            else:                     # per block: (H, T, D) -> (T, H D)
+                attn = span.attend(self._attend, q, cache[index, 0], cache[index, 1], masks)
+                attn = attn.transpose(0, 1).reshape(span.num_rows, -1)
+            x = x + span.linear(layer.o_proj, attn)
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = span.linear(layer.gate_up, h).chunk(2, dim=-1)
             x = x + span.linear(layer.down_proj, F.silu(gate).mul_(up))

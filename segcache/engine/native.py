@@ -108,6 +108,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     library.segcache_amx_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     library.segcache_amx_matmul.restype = ctypes.c_int
+    library.segcache_amx_attention.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                               ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                               ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    library.segcache_amx_attention.restype = ctypes.c_int
     return library, None
 
 
@@ -197,6 +201,7 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 AMX_FLAGS = ("amx_tile", "amx_bf16")
+AMX_HEAD_DIM = 64          # the head size the attention kernel takes
 
 
 def amx_unavailable_reason() -> str | None:
@@ -217,6 +222,13 @@ def _amx() -> str | None:
     if library().segcache_amx_init() != 0:
         return "the kernel refused the tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
     return None
+
+
+def _require_amx() -> None:
+    """The tile state must be granted before any tile instruction runs (else the process dies of SIGILL)."""
+    reason = _amx()
+    if reason is not None:
+        raise RuntimeError(f"AMX kernels unavailable: {reason}")
 
 
 class AmxWeights:
@@ -241,6 +253,7 @@ class AmxWeights:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) bfloat16 -> (M, N) bfloat16."""
+        _require_amx()
         x = x.contiguous()
         out = torch.empty((x.shape[0], self.num_out), dtype=torch.bfloat16)
         if x.shape[0] == 0:
@@ -252,3 +265,23 @@ class AmxWeights:
         if status != 0:
             raise RuntimeError(f"AMX kernel refused a ({x.shape[0]}, {self.num_in}) input")
         return out
+
+
+def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, heads: int,
+                  kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Causal grouped-query attention of T queries at positions start.. (kernels/amx_attention.c):
+    qkv (T, >= heads * head_dim) bfloat16 whose first heads * head_dim columns are the rotated queries (rows
+    may be strided), keys and values (kv_heads, capacity, head_dim) filled up to start + T -> (T, heads *
+    head_dim). A query's bits depend on its q and its keys only, never on the call's other queries."""
+    _require_amx()
+    num_rows = qkv.shape[0]
+    out = torch.empty((num_rows, heads * head_dim), dtype=torch.bfloat16)
+    if qkv.stride(1) != 1 or not keys.is_contiguous() or not values.is_contiguous():
+        raise ValueError("amx_attention needs unit-stride rows and contiguous keys and values")
+    threads = _threads if num_rows * (start + num_rows) >= 4096 else 1
+    status = library().segcache_amx_attention(qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(),
+                                              keys.shape[1], heads, kv_heads, head_dim, start, num_rows,
+                                              out.data_ptr(), threads)
+    if status != 0:
+        raise RuntimeError(f"AMX attention refused {heads} heads of {head_dim} over {kv_heads} KV heads")
+    return out

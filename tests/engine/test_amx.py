@@ -79,3 +79,62 @@ def test_the_kernel_is_part_of_the_cache_scope_and_can_be_turned_off(monkeypatch
     assert plan_weights("bf16", torch.bfloat16, None).scope_name == "bf16" != on
     assert "amx" not in plan_weights("int4", torch.bfloat16, embedded_gguf_path()).scope_name and "amx" in int4
     assert plan_weights("float32", torch.float32, None).scope_name == "float32"
+
+
+def _attention_reference(qkv, keys, values, start, heads, kv_heads):
+    """Causal grouped-query attention in float64: query t sees keys 0 .. start + t."""
+    num_rows, dim = qkv.shape[0], 64
+    q = qkv[:, :heads * dim].view(num_rows, heads, dim).transpose(0, 1).double()
+    k = keys[:, :start + num_rows].double().repeat_interleave(heads // kv_heads, 0)
+    v = values[:, :start + num_rows].double().repeat_interleave(heads // kv_heads, 0)
+    scores = q @ k.transpose(1, 2) / dim ** 0.5
+    hidden = torch.arange(start + num_rows)[None, :] > torch.arange(start, start + num_rows)[:, None]
+    weights = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
+    return (weights @ v).transpose(0, 1).reshape(num_rows, heads * dim)
+
+
+@pytest.mark.parametrize("start,num_rows", [(0, 1), (0, 45), (100, 128), (37, 300)])
+def test_attention_computes_causal_grouped_query_softmax(start, num_rows):
+    generator = torch.Generator().manual_seed(start + num_rows)
+    heads, kv_heads, capacity = 9, 3, 512
+    keys = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
+    values = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
+    qkv = torch.randn((num_rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
+    out = native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64)
+    exact = _attention_reference(qkv, keys, values, start, heads, kv_heads)
+    # probabilities rounded to bfloat16 for the tile product, one rounding of the output
+    assert out.shape == (num_rows, heads * 64) and (out.double() - exact).abs().max() < 0.02
+
+
+def test_a_query_gets_its_own_bits_in_any_call_and_on_any_threads():
+    generator = torch.Generator().manual_seed(11)
+    heads, kv_heads, capacity, start, num_rows = 9, 3, 700, 61, 400
+    keys = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
+    values = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
+    qkv = torch.randn((num_rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
+    saved = native.threads()
+    try:
+        native.set_threads(2)
+        whole = native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64)
+        for threads in (1, 3):
+            native.set_threads(threads)
+            assert torch.equal(native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64), whole)
+            for offset, size in ((0, 1), (5, 17), (64, 64), (130, 128), (399, 1)):   # any queries, any start
+                part = native.amx_attention(qkv[offset:offset + size], keys, values, start + offset, heads,
+                                            kv_heads, 64)
+                assert torch.equal(part, whole[offset:offset + size])
+    finally:
+        native.set_threads(saved)
+    # keys past the queries' positions are never read: garbage there changes nothing
+    keys[:, start + num_rows:] = float("nan")
+    values[:, start + num_rows:] = float("nan")
+    assert torch.equal(native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64), whole)
+
+
+def test_attention_refuses_what_it_does_not_take():
+    keys = torch.zeros((2, 64, 32), dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="refused"):
+        native.amx_attention(torch.zeros((4, 8 * 32), dtype=torch.bfloat16), keys, keys, 0, 4, 2, 32)
+    keys = torch.zeros((2, 8, 64), dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="refused"):       # past the buffer's capacity
+        native.amx_attention(torch.zeros((4, 8 * 64), dtype=torch.bfloat16), keys, keys, 6, 4, 2, 64)

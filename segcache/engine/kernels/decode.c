@@ -394,3 +394,5 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     free(table); free(first); free(item_start); free(partials);
     return ok ? 0 : -1;
 }
+
+#include "amx_attention.c"

@@ -1,0 +1,206 @@
+/* Causal grouped-query attention of a prefill forward on AMX tiles, head_dim 64, bfloat16 in and out.
+
+       q    (T, heads * 64)   rows of the fused projection's output (row stride q_stride elements)
+       K, V (kv_heads, capacity, 64)   one layer's KV buffer; positions 0 .. start + T - 1 are filled
+       out  (T, heads * 64)   what the output projection reads
+       query t (position start + t) of head h attends keys 0 .. start + t of KV head h / (heads / kv_heads)
+
+   Why our own: the library's fused CPU kernel gives a row bits that depend on how many queries and keys
+   its call has, so a prefill forward had to run attention one 128-token block at a time. Here a query's
+   result depends on its own q and its keys only: it walks the keys in blocks of 32 from position 0, in
+   order, with an online softmax in float32 (exact per row: rows never mix in a tile product, and the
+   sums over a row run in a fixed lane order). So a forward may attend any number of queries in one call,
+   and a cached run still computes every query as an uncached run does.
+
+   Per 16 queries x block of 32 keys:
+       S = Q K^T / 8                  two tile products per 16 keys (64 dims = 2 x 32)
+       keys past a query's position are masked; m = max(m, max S); a = exp(m_old - m)
+       P = exp(S - m), l = l a + sum P; acc = acc a + P V      (P rounded to bfloat16 for the tile product)
+   then out = acc / l. K and V are first copied into tile order per call (keys past the end are zeros):
+       Kt[kv][kb][dt][nt][r][c][p] = K[kv][32 kb + 16 nt + c][32 dt + 2 r + p]
+       Vt[kv][kb][dt][r][c][p]     = V[kv][32 kb + 2 r + p][16 dt + c]
+*/
+
+#define ATT_DIM 64
+#define KEY_BLOCK 64
+#define BLOCK_ELEMENTS (8 * 512)          /* 8 tiles of 1 KB per key block, for K and for V */
+
+/* 16 float32 lanes -> bfloat16, nearest even (round_bf16 of amx.c), stored. */
+static inline void store_bf16x16(uint16_t *to, __m512 v) {
+    _mm256_storeu_si256((__m256i *)to, round_bf16(v));
+}
+
+static void pack_kv(const uint16_t *keys, const uint16_t *values, int64_t capacity, int64_t num_keys,
+                    int64_t kv, int64_t kb, uint16_t *kt, uint16_t *vt) {
+    const uint16_t *k = keys + kv * capacity * ATT_DIM, *v = values + kv * capacity * ATT_DIM;
+    uint32_t *kt32 = (uint32_t *)kt;               /* a (p = 0, 1) pair is one 32-bit word */
+    for (int nt = 0; nt < 4; nt++)
+        for (int c = 0; c < 16; c++) {
+            int64_t key = kb * KEY_BLOCK + nt * 16 + c;
+            const uint32_t *row = (const uint32_t *)(k + key * ATT_DIM);
+            for (int dt = 0; dt < 2; dt++)
+                for (int r = 0; r < 16; r++)
+                    kt32[((dt * 4 + nt) * 16 + r) * 16 + c] = key < num_keys ? row[dt * 16 + r] : 0;
+        }
+    for (int half = 0; half < 2; half++)
+        for (int r = 0; r < 16; r++) {
+            int64_t key = kb * KEY_BLOCK + half * 32 + 2 * r;
+            for (int dt = 0; dt < 4; dt++)
+                for (int c = 0; c < 16; c++)
+                    for (int p = 0; p < 2; p++)
+                        vt[(((half * 4 + dt) * 16 + r) * 16 + c) * 2 + p] =
+                            key + p < num_keys ? v[(key + p) * ATT_DIM + dt * 16 + c] : 0;
+        }
+}
+
+static inline __mmask16 seen_mask(int64_t seen, int lane0) {     /* lanes lane0.. below `seen` */
+    int64_t n = seen - lane0;
+    return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* 16 queries (rows t0 .. t0 + 15, those below T) of head h. */
+static void attend_tile(const uint16_t *q, int64_t q_stride, const uint16_t *kt, const uint16_t *vt, int64_t h,
+                        int64_t heads, int64_t start, int64_t T, int64_t t0, uint16_t *out) {
+    uint16_t qs[16 * ATT_DIM] __attribute__((aligned(64)));
+    uint16_t ps[2 * 16 * 32] __attribute__((aligned(64)));      /* P as two tiles: keys 0..31, 32..63 */
+    float s[16 * KEY_BLOCK] __attribute__((aligned(64)));
+    float pv[16 * ATT_DIM] __attribute__((aligned(64)));
+    float acc[16 * ATT_DIM] __attribute__((aligned(64)));
+    float lsum[16 * 16] __attribute__((aligned(64)));           /* per row, 16 lanes of the softmax sum */
+    float m[16] __attribute__((aligned(64))), peak[16] __attribute__((aligned(64)));
+    float alpha[16] __attribute__((aligned(64)));
+    int rows = T - t0 < 16 ? (int)(T - t0) : 16;
+    memset(qs, 0, sizeof qs);
+    for (int r = 0; r < rows; r++)
+        memcpy(qs + r * ATT_DIM, q + (t0 + r) * q_stride + h * ATT_DIM, ATT_DIM * 2);
+    memset(acc, 0, sizeof acc);
+    memset(lsum, 0, sizeof lsum);
+    for (int r = 0; r < 16; r++)
+        m[r] = -INFINITY;
+    int64_t last = start + t0 + rows - 1;          /* the highest position of the tile's queries */
+    const __m512 scale = _mm512_set1_ps(0.125f);   /* 1 / sqrt(64): a power of two, exact */
+    const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
+    for (int64_t kb = 0; kb * KEY_BLOCK <= last; kb++) {
+        const uint16_t *k = kt + kb * BLOCK_ELEMENTS, *v = vt + kb * BLOCK_ELEMENTS;
+        /* S = Q K^T: tile nt holds keys 16 nt .. 16 nt + 15, summed over dims 0..31 then 32..63 */
+        _tile_loadd(4, qs, ATT_DIM * 2);
+        _tile_loadd(5, qs + 32, ATT_DIM * 2);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+#define SCORES(nt)                                  \
+        _tile_loadd(6, k + (0 * 4 + nt) * 512, 64); \
+        _tile_dpbf16ps(nt, 4, 6);                   \
+        _tile_loadd(6, k + (1 * 4 + nt) * 512, 64); \
+        _tile_dpbf16ps(nt, 5, 6);
+        SCORES(0) SCORES(1) SCORES(2) SCORES(3)
+#undef SCORES
+        _tile_stored(0, s, KEY_BLOCK * 4);
+        _tile_stored(1, s + 16, KEY_BLOCK * 4);
+        _tile_stored(2, s + 32, KEY_BLOCK * 4);
+        _tile_stored(3, s + 48, KEY_BLOCK * 4);
+        /* the new running max of each row that sees a key of this block; the others keep theirs */
+        for (int r = 0; r < 16; r++) {
+            int64_t seen = start + t0 + r - kb * KEY_BLOCK + 1;   /* keys of this block the row sees */
+            peak[r] = m[r];
+            if (r >= rows || seen <= 0)
+                continue;
+            __m512 top = minus_inf;
+            for (int i = 0; i < 4; i++)
+                top = _mm512_max_ps(top, _mm512_mask_mov_ps(minus_inf, seen_mask(seen, 16 * i),
+                                                            _mm512_mul_ps(_mm512_load_ps(s + r * KEY_BLOCK + 16 * i), scale)));
+            peak[r] = fmaxf(m[r], _mm512_reduce_max_ps(top));
+        }
+        _mm512_store_ps(alpha, exp16(_mm512_sub_ps(_mm512_load_ps(m), _mm512_load_ps(peak))));
+        for (int r = 0; r < 16; r++) {
+            int64_t seen = start + t0 + r - kb * KEY_BLOCK + 1;
+            if (r >= rows || seen <= 0) {
+                alpha[r] = 1.0f;
+                memset(ps + r * 32, 0, 64);
+                memset(ps + 512 + r * 32, 0, 64);
+                continue;
+            }
+            m[r] = peak[r];
+            __m512 top = _mm512_set1_ps(peak[r]), total = _mm512_setzero_ps();
+            for (int i = 0; i < 4; i++) {
+                __m512 e = _mm512_maskz_mov_ps(seen_mask(seen, 16 * i), exp16(_mm512_sub_ps(
+                    _mm512_mul_ps(_mm512_load_ps(s + r * KEY_BLOCK + 16 * i), scale), top)));
+                total = _mm512_add_ps(total, e);
+                store_bf16x16(ps + (i / 2) * 512 + r * 32 + (i % 2) * 16, e);
+            }
+            _mm512_store_ps(lsum + r * 16, _mm512_fmadd_ps(_mm512_load_ps(lsum + r * 16), _mm512_set1_ps(alpha[r]),
+                                                           total));
+        }
+        /* P V: tile dt holds dims 16 dt .. 16 dt + 15, summed over keys 0..31 then 32..63 */
+        _tile_loadd(4, ps, 64);
+        _tile_loadd(5, ps + 512, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+#define VALUES(dt)                                  \
+        _tile_loadd(6, v + (0 * 4 + dt) * 512, 64); \
+        _tile_dpbf16ps(dt, 4, 6);                   \
+        _tile_loadd(6, v + (1 * 4 + dt) * 512, 64); \
+        _tile_dpbf16ps(dt, 5, 6);
+        VALUES(0) VALUES(1) VALUES(2) VALUES(3)
+#undef VALUES
+        _tile_stored(0, pv, ATT_DIM * 4);
+        _tile_stored(1, pv + 16, ATT_DIM * 4);
+        _tile_stored(2, pv + 32, ATT_DIM * 4);
+        _tile_stored(3, pv + 48, ATT_DIM * 4);
+        for (int r = 0; r < rows; r++) {
+            if (start + t0 + r < kb * KEY_BLOCK)
+                continue;                          /* the row sees no key of this block */
+            __m512 a = _mm512_set1_ps(alpha[r]);
+            for (int d = 0; d < ATT_DIM; d += 16)
+                _mm512_store_ps(acc + r * ATT_DIM + d, _mm512_fmadd_ps(_mm512_load_ps(acc + r * ATT_DIM + d), a,
+                                                                       _mm512_load_ps(pv + r * ATT_DIM + d)));
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(lsum + r * 16)));
+        for (int d = 0; d < ATT_DIM; d += 16)
+            store_bf16x16(out + (t0 + r) * heads * ATT_DIM + h * ATT_DIM + d,
+                          _mm512_mul_ps(_mm512_load_ps(acc + r * ATT_DIM + d), inverse));
+    }
+}
+
+/* Returns 0, or -1 for a shape it does not take (head_dim not 64, heads not a multiple of kv_heads) or when
+   memory ran out. */
+int segcache_amx_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
+                           int64_t capacity, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
+                           int64_t T, uint16_t *out, int threads) {
+    if (head_dim != ATT_DIM || T <= 0 || kv_heads <= 0 || heads % kv_heads || start + T > capacity)
+        return -1;
+    int64_t num_keys = start + T, blocks = (num_keys + KEY_BLOCK - 1) / KEY_BLOCK, group = heads / kv_heads;
+    int64_t tiles = (T + 15) / 16;
+    uint16_t *kt = aligned_alloc(64, (size_t)(kv_heads * blocks * BLOCK_ELEMENTS) * 2);
+    uint16_t *vt = aligned_alloc(64, (size_t)(kv_heads * blocks * BLOCK_ELEMENTS) * 2);
+    if (!kt || !vt) {
+        free(kt);
+        free(vt);
+        return -1;
+    }
+    threads = threads < 1 ? 1 : threads;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t item = 0; item < kv_heads * blocks; item++)
+            pack_kv(keys, values, capacity, num_keys, item / blocks, item % blocks,
+                    kt + item * BLOCK_ELEMENTS, vt + item * BLOCK_ELEMENTS);
+        configure_tiles();
+        /* later query tiles see more keys: hand them out from the last, in turns */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < heads * tiles; item++) {
+            int64_t tile = tiles - 1 - item / heads, h = item % heads, kv = h / group;
+            attend_tile(q, q_stride, kt + kv * blocks * BLOCK_ELEMENTS, vt + kv * blocks * BLOCK_ELEMENTS, h, heads, start, T,
+                        tile * 16, out);
+        }
+        _tile_release();
+    }
+    free(kt);
+    free(vt);
+    return 0;
+}
