@@ -56,9 +56,11 @@ class LlamaForward:
         self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
         self.fused = self._fused(inner)
-        # prefill attention on our AMX kernel (a query's bits independent of the call) where it applies
+        # prefill attention on our AMX kernel (a query's bits independent of the call) where it applies, and
+        # the MLP's silu(gate) * up in one native pass beside it
         self.amx_attention = (self.dtype == torch.bfloat16 and self.head_dim == native.AMX_HEAD_DIM
-                              and self.num_heads % self.num_kv_heads == 0 and native.amx_unavailable_reason() is None)
+                              and self.num_heads % self.num_kv_heads == 0 and native.amx_unavailable_reason() is None
+                              and getattr(config, "intermediate_size", 0) % 16 == 0)
 
     def _fused(self, inner: torch.nn.Module):
         """The one-call native decode step where the weights allow it (engine/fused_decode.py), else None;
@@ -117,8 +119,12 @@ class LlamaForward:
                 attn = attn.transpose(0, 1).reshape(span.num_rows, -1)
             x = x + span.linear(layer.o_proj, attn)
             h = _rms_norm(x, layer.post_norm, self.eps)
-            gate, up = span.linear(layer.gate_up, h).chunk(2, dim=-1)
-            x = x + span.linear(layer.down_proj, F.silu(gate).mul_(up))
+            if self.amx_attention:    # one float32 pass, one rounding (engine/kernels/rowwise.c)
+                act = native.silu_mul(span.linear(layer.gate_up, h))
+            else:
+                gate, up = span.linear(layer.gate_up, h).chunk(2, dim=-1)
+                act = F.silu(gate).mul_(up)
+            x = x + span.linear(layer.down_proj, act)
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
 

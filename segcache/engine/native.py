@@ -112,6 +112,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
                                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                                ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     library.segcache_amx_attention.restype = ctypes.c_int
+    library.segcache_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                          ctypes.c_int]
+    library.segcache_silu_mul.restype = ctypes.c_int
     return library, None
 
 
@@ -284,4 +287,18 @@ def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, s
                                               out.data_ptr(), threads)
     if status != 0:
         raise RuntimeError(f"AMX attention refused {heads} heads of {head_dim} over {kv_heads} KV heads")
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up in float32, rounded once (kernels/rowwise.c): gate_up (T, 2 I) bfloat16, contiguous ->
+    (T, I) bfloat16."""
+    num_rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
+    gate_up = gate_up.contiguous()
+    out = torch.empty((num_rows, inter), dtype=torch.bfloat16)
+    if num_rows == 0:
+        return out
+    threads = _threads if num_rows * inter >= 1 << 16 else 1
+    if library().segcache_silu_mul(gate_up.data_ptr(), num_rows, inter, out.data_ptr(), threads) != 0:
+        raise RuntimeError(f"silu_mul refused an intermediate size of {inter}")
     return out

@@ -301,3 +301,16 @@ def test_attention_over_several_pieces_merges_to_the_softmax_over_all_keys(int4_
     assert int(rows[0].argmax()) in ops.topk(2).indices.tolist()
     log_fused, log_ops = torch.log_softmax(rows[0].float(), -1), torch.log_softmax(ops.float(), -1)
     assert torch.nn.functional.kl_div(log_fused, log_ops, log_target=True, reduction="sum") < 0.05
+
+
+def test_silu_mul_is_silu_of_the_gate_times_the_up_rounded_once():
+    generator = torch.Generator().manual_seed(12)
+    gate_up = (torch.randn((37, 2 * 1536), generator=generator) * 4).bfloat16()
+    gate_up[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])                 # far tails and zeros
+    out = native.silu_mul(gate_up)
+    gate, up = gate_up.double().chunk(2, dim=-1)
+    exact = gate * torch.sigmoid(gate) * up
+    assert out.dtype == torch.bfloat16 and out.shape == (37, 1536)
+    # float32 arithmetic, then one rounding to bfloat16: within one bfloat16 step of the exact value
+    assert ((out.double() - exact).abs() <= exact.abs() * 2 ** -7 + 1e-30).all()
+    assert torch.equal(native.silu_mul(gate_up[5:9]), out[5:9])               # rows on their own

@@ -396,3 +396,4 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
 }
 
 #include "amx_attention.c"
+#include "rowwise.c"
