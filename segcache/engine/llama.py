@@ -56,11 +56,11 @@ class LlamaForward:
         self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
         self.fused = self._fused(inner)
-        # prefill attention on our AMX kernel (a query's bits independent of the call) where it applies, and
-        # the MLP's silu(gate) * up in one native pass beside it
-        self.amx_attention = (self.dtype == torch.bfloat16 and self.head_dim == native.AMX_HEAD_DIM
-                              and self.num_heads % self.num_kv_heads == 0 and native.amx_unavailable_reason() is None
-                              and getattr(config, "intermediate_size", 0) % 16 == 0)
+        # prefill on our kernels (`_forward_native`) where they take the model: bfloat16, AMX, head size 64
+        self.native_prefill = (self.dtype == torch.bfloat16 and self.head_dim == native.AMX_HEAD_DIM
+                               and self.num_heads % self.num_kv_heads == 0 and config.hidden_size % 16 == 0
+                               and config.hidden_size <= 8192 and config.intermediate_size % 16 == 0
+                               and native.amx_unavailable_reason() is None)
 
     def _fused(self, inner: torch.nn.Module):
         """The one-call native decode step where the weights allow it (engine/fused_decode.py), else None;
@@ -102,31 +102,44 @@ class LlamaForward:
         run on kernels whose rows never depend on the call (engine/kernels/amx*.c): one call each per span.
         """
         span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
+        if self.native_prefill:
+            return self._forward_native(cache, start, ids, span)
         x = F.embedding(ids, self.embed)                                     # (T, C)
         cos, sin = self.cos[start:span.end, None], self.sin[start:span.end, None]   # (T, 1, D)
-        masks = None if self.amx_attention else [self._mask(block_start, size) for block_start, size in span.blocks()]
+        masks = [self._mask(block_start, size) for block_start, size in span.blocks()]   # once per forward
         for index, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
-            qkv = span.linear(layer.qkv, h)
-            q, k, v = self._qkv(qkv, cos, sin)                               # (H, T, D), (Hkv, T, D) x2
+            q, k, v = self._qkv(span.linear(layer.qkv, h), cos, sin)        # (H, T, D), (Hkv, T, D) x2
             cache[index, 0, :, start:span.end] = k
             cache[index, 1, :, start:span.end] = v
-            if self.amx_attention:    # every query of the span in one call: (T, H D)
-                attn = native.amx_attention(qkv, cache[index, 0], cache[index, 1], start, self.num_heads,
-                                            self.num_kv_heads, self.head_dim)
-            else:                     # per block: (H, T, D) -> (T, H D)
-                attn = span.attend(self._attend, q, cache[index, 0], cache[index, 1], masks)
-                attn = attn.transpose(0, 1).reshape(span.num_rows, -1)
-            x = x + span.linear(layer.o_proj, attn)
+            attn = span.attend(self._attend, q, cache[index, 0], cache[index, 1], masks)   # (H, T, D)
+            x = x + span.linear(layer.o_proj, attn.transpose(0, 1).reshape(span.num_rows, -1))
             h = _rms_norm(x, layer.post_norm, self.eps)
-            if self.amx_attention:    # one float32 pass, one rounding (engine/kernels/rowwise.c)
-                act = native.silu_mul(span.linear(layer.gate_up, h))
-            else:
-                gate, up = span.linear(layer.gate_up, h).chunk(2, dim=-1)
-                act = F.silu(gate).mul_(up)
-            x = x + span.linear(layer.down_proj, act)
+            gate, up = span.linear(layer.gate_up, h).chunk(2, dim=-1)
+            x = x + span.linear(layer.down_proj, F.silu(gate).mul_(up))
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
+
+    def _forward_native(self, cache: torch.Tensor, start: int, ids: torch.Tensor, span: "_Span") -> torch.Tensor:
+        """`forward` on our kernels (bfloat16 where the CPU has AMX), every row's bits independent of the call,
+        so each runs once over the whole span: the linears and the attention on AMX tiles (engine/kernels/
+        amx*.c); the residual add with the next norm, RoPE with the KV write, and silu(gate) * up, each one
+        float32 pass per row rounded once (kernels/rowwise.c)."""
+        x = F.embedding(ids, self.embed)                                     # (T, C), the residual stream
+        delta = None                                                         # what the last layer adds to x
+        for index, layer in enumerate(self.layers):
+            keys, values = cache[index, 0], cache[index, 1]                  # (Hkv, capacity, D) each
+            h = native.add_rms_norm(x, delta, layer.input_norm, self.eps)
+            qkv = span.linear(layer.qkv, h)                                  # (T, (H + 2 Hkv) D)
+            native.rope_kv(qkv, self.cos, self.sin, start, self.num_heads, self.num_kv_heads, self.head_dim,
+                           keys, values)
+            attn = native.amx_attention(qkv, keys, values, start, self.num_heads, self.num_kv_heads,
+                                        self.head_dim)                       # (T, H D)
+            h = native.add_rms_norm(x, span.linear(layer.o_proj, attn), layer.post_norm, self.eps)
+            delta = span.linear(layer.down_proj, native.silu_mul(span.linear(layer.gate_up, h)))
+        last = x[-1:].clone()
+        return self.lm_head(native.add_rms_norm(last, None if delta is None else delta[-1:], self.final_norm,
+                                                self.eps))[0]
 
     @torch.inference_mode()
     def decode(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,

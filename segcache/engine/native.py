@@ -115,6 +115,13 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     library.segcache_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                           ctypes.c_int]
     library.segcache_silu_mul.restype = ctypes.c_int
+    library.segcache_add_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                              ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+    library.segcache_add_rms_norm.restype = ctypes.c_int
+    library.segcache_rope_kv.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    library.segcache_rope_kv.restype = ctypes.c_int
     return library, None
 
 
@@ -302,3 +309,39 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if library().segcache_silu_mul(gate_up.data_ptr(), num_rows, inter, out.data_ptr(), threads) != 0:
         raise RuntimeError(f"silu_mul refused an intermediate size of {inter}")
     return out
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x += delta in place (bfloat16, when delta is given), then rmsnorm(x) with `weight` (C,) float32, the
+    norm's weight times sqrt(C) (engine/llama.py `_norm_weight`): x (T, C) bfloat16 contiguous -> h (T, C)
+    bfloat16 (kernels/rowwise.c)."""
+    num_rows, width = x.shape
+    out = torch.empty_like(x)
+    if num_rows == 0:
+        return out
+    if delta is not None:
+        delta = delta.contiguous()
+    threads = _threads if num_rows * width >= 1 << 16 else 1
+    status = library().segcache_add_rms_norm(x.data_ptr(), None if delta is None else delta.data_ptr(), num_rows,
+                                             width, weight.data_ptr(), eps, out.data_ptr(), threads)
+    if status != 0:
+        raise RuntimeError(f"add_rms_norm refused a width of {width}")
+    return out
+
+
+def rope_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, heads: int, kv_heads: int,
+            head_dim: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Rotate qkv's q columns in place and write the rotated k and the v of positions start.. into one
+    layer's keys and values (kv_heads, capacity, head_dim) (kernels/rowwise.c). cos, sin (positions,
+    head_dim) bfloat16 contiguous, sin's first half negated."""
+    num_rows = qkv.shape[0]
+    if num_rows == 0:
+        return
+    if qkv.stride(1) != 1 or not keys.is_contiguous() or not values.is_contiguous():
+        raise ValueError("rope_kv needs unit-stride rows and contiguous keys and values")
+    threads = _threads if num_rows >= 64 else 1
+    status = library().segcache_rope_kv(qkv.data_ptr(), num_rows, qkv.stride(0), heads, kv_heads, head_dim,
+                                        cos.data_ptr(), sin.data_ptr(), start, keys.data_ptr(), values.data_ptr(),
+                                        keys.shape[1], threads)
+    if status != 0:
+        raise RuntimeError(f"rope_kv refused {num_rows} rows at {start} (head size {head_dim})")

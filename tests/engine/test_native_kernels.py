@@ -314,3 +314,45 @@ def test_silu_mul_is_silu_of_the_gate_times_the_up_rounded_once():
     # float32 arithmetic, then one rounding to bfloat16: within one bfloat16 step of the exact value
     assert ((out.double() - exact).abs() <= exact.abs() * 2 ** -7 + 1e-30).all()
     assert torch.equal(native.silu_mul(gate_up[5:9]), out[5:9])               # rows on their own
+
+
+def test_add_rms_norm_adds_in_place_and_normalizes_each_row():
+    generator = torch.Generator().manual_seed(13)
+    x = torch.randn((21, 576), generator=generator).bfloat16()
+    delta = torch.randn((21, 576), generator=generator).bfloat16()
+    weight = torch.rand((576,), generator=generator) + 0.5
+    scaled = weight * 576 ** 0.5                                              # as engine/llama.py keeps it
+    expected_x = (x.float() + delta.float()).bfloat16()
+    kept = x.clone()
+    h = native.add_rms_norm(x, delta, scaled, 1e-5)
+    assert torch.equal(x, expected_x)                                         # the residual, rounded once
+    exact = x.double() / (x.double().square().mean(-1, keepdim=True) + 1e-5).sqrt() * weight.double()
+    assert ((h.double() - exact).abs() <= exact.abs() * 2 ** -7 + 1e-6).all()
+    before = kept.clone()
+    assert torch.equal(native.add_rms_norm(kept, None, scaled, 1e-5)[3:5],
+                       native.add_rms_norm(kept[3:5].clone(), None, scaled, 1e-5))    # rows on their own
+    assert torch.equal(kept, before)                                          # no delta: x unchanged
+
+
+def test_rope_kv_rotates_q_in_place_and_writes_k_and_v_to_the_buffer():
+    from segcache.engine.llama import _rope_table
+
+    class Config:
+        max_position_embeddings, rope_theta = 256, 10000.0
+
+    cos, sin = _rope_table(Config(), 64, torch.bfloat16)
+    heads, kv_heads, start, rows = 9, 3, 17, 40
+    generator = torch.Generator().manual_seed(14)
+    qkv = torch.randn((rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
+    original = qkv.clone()
+    keys, values = torch.zeros((kv_heads, 100, 64), dtype=torch.bfloat16), torch.zeros((kv_heads, 100, 64),
+                                                                                         dtype=torch.bfloat16)
+    native.rope_kv(qkv, cos, sin, start, heads, kv_heads, 64, keys, values)
+    heads_view = original.float().view(rows, heads + 2 * kv_heads, 64)
+    c, s = cos[start:start + rows, None].float(), sin[start:start + rows, None].float()
+    rotated = heads_view * c + heads_view.roll(32, dims=-1) * s               # (x2, x1) * (-sin, sin)
+    q = qkv.view(rows, heads + 2 * kv_heads, 64)[:, :heads]
+    assert torch.equal(q, rotated[:, :heads].bfloat16())
+    assert torch.equal(keys[:, start:start + rows], rotated[:, heads:heads + kv_heads].bfloat16().transpose(0, 1))
+    assert torch.equal(values[:, start:start + rows], heads_view[:, heads + kv_heads:].bfloat16().transpose(0, 1))
+    assert not keys[:, :start].any() and not values[:, start + rows:].any()  # nothing else written

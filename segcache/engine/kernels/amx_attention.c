@@ -33,23 +33,35 @@ static inline void store_bf16x16(uint16_t *to, __m512 v) {
 static void pack_kv(const uint16_t *keys, const uint16_t *values, int64_t capacity, int64_t num_keys,
                     int64_t kv, int64_t kb, uint16_t *kt, uint16_t *vt) {
     const uint16_t *k = keys + kv * capacity * ATT_DIM, *v = values + kv * capacity * ATT_DIM;
-    uint32_t *kt32 = (uint32_t *)kt;               /* a (p = 0, 1) pair is one 32-bit word */
-    for (int nt = 0; nt < 4; nt++)
-        for (int c = 0; c < 16; c++) {
-            int64_t key = kb * KEY_BLOCK + nt * 16 + c;
-            const uint32_t *row = (const uint32_t *)(k + key * ATT_DIM);
-            for (int dt = 0; dt < 2; dt++)
-                for (int r = 0; r < 16; r++)
-                    kt32[((dt * 4 + nt) * 16 + r) * 16 + c] = key < num_keys ? row[dt * 16 + r] : 0;
-        }
+    int64_t first = kb * KEY_BLOCK;
+    /* K: tile (dt, nt) row r holds dims 32 dt + 2 r, + 1 (one 32-bit word) of keys 16 nt + 0..15 */
+    const __m512i words = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(ATT_DIM / 2));
+    for (int nt = 0; nt < 4; nt++) {
+        int64_t key = first + nt * 16, live = num_keys - key;
+        __mmask16 valid = live >= 16 ? 0xffff : live <= 0 ? 0 : (__mmask16)((1u << live) - 1);
+        const int *base = (const int *)(k + (live > 0 ? key : 0) * ATT_DIM);
+        for (int dt = 0; dt < 2; dt++)
+            for (int r = 0; r < 16; r++)
+                _mm512_store_si512((void *)(kt + ((dt * 4 + nt) * 16 + r) * 32),
+                                   _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid,
+                                                               _mm512_add_epi32(words, _mm512_set1_epi32(dt * 16 + r)),
+                                                               base, 4));
+    }
+    /* V: tile (half, dt) row r holds dims 16 dt + 0..15 of keys 32 half + 2 r and + 1, interleaved */
+    const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                           39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     for (int half = 0; half < 2; half++)
         for (int r = 0; r < 16; r++) {
-            int64_t key = kb * KEY_BLOCK + half * 32 + 2 * r;
-            for (int dt = 0; dt < 4; dt++)
-                for (int c = 0; c < 16; c++)
-                    for (int p = 0; p < 2; p++)
-                        vt[(((half * 4 + dt) * 16 + r) * 16 + c) * 2 + p] =
-                            key + p < num_keys ? v[(key + p) * ATT_DIM + dt * 16 + c] : 0;
+            int64_t key = first + half * 32 + 2 * r;
+            __mmask16 even = key < num_keys ? 0xffff : 0, odd = key + 1 < num_keys ? 0xffff : 0;
+            for (int dt = 0; dt < 4; dt++) {
+                __m256i a = _mm256_maskz_loadu_epi16(even, even ? v + key * ATT_DIM + dt * 16 : v);
+                __m256i b = _mm256_maskz_loadu_epi16(odd, odd ? v + (key + 1) * ATT_DIM + dt * 16 : v);
+                _mm512_store_si512((void *)(vt + ((half * 4 + dt) * 16 + r) * 32),
+                                   _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), pairs,
+                                                             _mm512_castsi256_si512(b)));
+            }
         }
 }
 
