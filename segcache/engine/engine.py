@@ -127,8 +127,9 @@ class Engine:
         self.batching: BatchingVerdict = _batching_verdict(config, runner)
         self.spans = _check_spans(runner, config.prefill_span_tokens)
         if self.spans.span_tokens and runner.linears_merge(config.block_tokens):
-            self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the linears run over the whole "
-                                     "span in one call (AMX kernel: a row's bits never depend on the call)")
+            what = "linears and attention" if runner.lean.native_prefill else "linears"
+            self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the {what} run over the whole "
+                                     "span in one call each (AMX kernels: a row's bits never depend on the call)")
         elif self.spans.span_tokens:
             merges = runner.check_span_merges(config.block_tokens, self.spans.span_tokens)
             if merges is not None:

@@ -16,7 +16,9 @@ boundaries): small blocks then cost little more than big ones, because the forwa
 attention still run block by block (a matmul's row bits depend on its row count) while everything else
 runs once over the span. The tree still stores one node per block, and a cached run, which starts at a
 block boundary and groups the blocks after it into its own spans, computes every block bit for bit as
-an uncached run does (engine/llama.py `forward`, tests/engine/test_spans.py).
+an uncached run does (engine/llama.py `forward`, tests/engine/test_spans.py). On a CPU with AMX the
+forward's kernels give a row the same bits whatever the call, so there the linears and the attention run
+once over the whole span (engine/llama.py `_forward_native`).
 """
 
 from __future__ import annotations
