@@ -8,6 +8,11 @@ row: torch int8 5.3 ms, these kernels 0.8 ms on two threads. These kernels do wh
 does, in our own code: the activations are quantized per block of 32 to int8 and the dot products run on
 VNNI integer instructions, then one float multiply-add per block.
 
+The same library holds the bfloat16 prefill kernels for CPUs with AMX (amx.c: the matmul; amx_attention.c;
+rowwise.c: add + RMSNorm, RoPE + KV write, silu * up), each giving a row the same bits whatever else is in
+the call (engine/llama.py `_forward_native`); `amx_unavailable_reason` says why they do not serve, and
+`SEGCACHE_AMX=off` turns them off.
+
 Built with the system C compiler on first use into SEGCACHE_KERNEL_DIR (default ~/.cache/segcache/kernels),
 one file per source and flags; a machine without gcc or without AVX512-VNNI falls back to torch's kernels
 (`unavailable_reason` says why) and `SEGCACHE_KERNELS=torch` asks for that fallback. A kernel's bits
@@ -316,6 +321,8 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     norm's weight times sqrt(C) (engine/llama.py `_norm_weight`): x (T, C) bfloat16 contiguous -> h (T, C)
     bfloat16 (kernels/rowwise.c)."""
     num_rows, width = x.shape
+    if not x.is_contiguous() or weight.dtype != torch.float32 or not weight.is_contiguous():
+        raise ValueError("add_rms_norm needs a contiguous x (it adds in place) and a contiguous float32 weight")
     out = torch.empty_like(x)
     if num_rows == 0:
         return out
