@@ -7,18 +7,18 @@
 
    Why our own: the library's fused CPU kernel gives a row bits that depend on how many queries and keys
    its call has, so a prefill forward had to run attention one 128-token block at a time. Here a query's
-   result depends on its own q and its keys only: it walks the keys in blocks of 32 from position 0, in
+   result depends on its own q and its keys only: it walks the keys in blocks of 64 from position 0, in
    order, with an online softmax in float32 (exact per row: rows never mix in a tile product, and the
    sums over a row run in a fixed lane order). So a forward may attend any number of queries in one call,
    and a cached run still computes every query as an uncached run does.
 
-   Per 16 queries x block of 32 keys:
-       S = Q K^T / 8                  two tile products per 16 keys (64 dims = 2 x 32)
+   Per 16 queries x block of 64 keys:
+       S = Q K^T / 8                  a tile per 16 keys, summed over dims 0..31 then 32..63
        keys past a query's position are masked; m = max(m, max S); a = exp(m_old - m)
        P = exp(S - m), l = l a + sum P; acc = acc a + P V      (P rounded to bfloat16 for the tile product)
    then out = acc / l. K and V are first copied into tile order per call (keys past the end are zeros):
-       Kt[kv][kb][dt][nt][r][c][p] = K[kv][32 kb + 16 nt + c][32 dt + 2 r + p]
-       Vt[kv][kb][dt][r][c][p]     = V[kv][32 kb + 2 r + p][16 dt + c]
+       Kt[kv][kb][dt][nt][r][c][p] = K[kv][64 kb + 16 nt + c][32 dt + 2 r + p]
+       Vt[kv][kb][half][dt][r][c][p] = V[kv][64 kb + 32 half + 2 r + p][16 dt + c]
 */
 
 #define ATT_DIM 64
@@ -65,6 +65,30 @@ static void pack_kv(const uint16_t *keys, const uint16_t *values, int64_t capaci
         }
 }
 
+/* out (16, 64) float32 = A B, A the two tiles at a0 and a1 (16 x 32 bfloat16 each, row stride a_stride bytes),
+   B at b: eight 1 KB tiles in the order [half][j], half the A tile it pairs with, j the output's 16
+   columns 16 j .. 16 j + 15. Each output sums over A's first tile, then its second. */
+static inline void tile_products(const uint16_t *a0, const uint16_t *a1, int a_stride, const uint16_t *b,
+                                 float *out) {
+    _tile_loadd(4, a0, a_stride);
+    _tile_loadd(5, a1, a_stride);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+#define PRODUCT(j)                                  \
+    _tile_loadd(6, b + (0 * 4 + j) * 512, 64);      \
+    _tile_dpbf16ps(j, 4, 6);                        \
+    _tile_loadd(6, b + (1 * 4 + j) * 512, 64);      \
+    _tile_dpbf16ps(j, 5, 6);
+    PRODUCT(0) PRODUCT(1) PRODUCT(2) PRODUCT(3)
+#undef PRODUCT
+    _tile_stored(0, out, 64 * 4);
+    _tile_stored(1, out + 16, 64 * 4);
+    _tile_stored(2, out + 32, 64 * 4);
+    _tile_stored(3, out + 48, 64 * 4);
+}
+
 static inline __mmask16 seen_mask(int64_t seen, int lane0) {     /* lanes lane0.. below `seen` */
     int64_t n = seen - lane0;
     return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
@@ -94,24 +118,8 @@ static void attend_tile(const uint16_t *q, int64_t q_stride, const uint16_t *kt,
     const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
     for (int64_t kb = 0; kb * KEY_BLOCK <= last; kb++) {
         const uint16_t *k = kt + kb * BLOCK_ELEMENTS, *v = vt + kb * BLOCK_ELEMENTS;
-        /* S = Q K^T: tile nt holds keys 16 nt .. 16 nt + 15, summed over dims 0..31 then 32..63 */
-        _tile_loadd(4, qs, ATT_DIM * 2);
-        _tile_loadd(5, qs + 32, ATT_DIM * 2);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-#define SCORES(nt)                                  \
-        _tile_loadd(6, k + (0 * 4 + nt) * 512, 64); \
-        _tile_dpbf16ps(nt, 4, 6);                   \
-        _tile_loadd(6, k + (1 * 4 + nt) * 512, 64); \
-        _tile_dpbf16ps(nt, 5, 6);
-        SCORES(0) SCORES(1) SCORES(2) SCORES(3)
-#undef SCORES
-        _tile_stored(0, s, KEY_BLOCK * 4);
-        _tile_stored(1, s + 16, KEY_BLOCK * 4);
-        _tile_stored(2, s + 32, KEY_BLOCK * 4);
-        _tile_stored(3, s + 48, KEY_BLOCK * 4);
+        /* S = Q K^T: columns 16 nt .. 16 nt + 15 are keys 16 nt .. 16 nt + 15 */
+        tile_products(qs, qs + 32, ATT_DIM * 2, k, s);
         /* the new running max of each row that sees a key of this block; the others keep theirs */
         for (int r = 0; r < 16; r++) {
             int64_t seen = start + t0 + r - kb * KEY_BLOCK + 1;   /* keys of this block the row sees */
@@ -144,24 +152,8 @@ static void attend_tile(const uint16_t *q, int64_t q_stride, const uint16_t *kt,
             _mm512_store_ps(lsum + r * 16, _mm512_fmadd_ps(_mm512_load_ps(lsum + r * 16), _mm512_set1_ps(alpha[r]),
                                                            total));
         }
-        /* P V: tile dt holds dims 16 dt .. 16 dt + 15, summed over keys 0..31 then 32..63 */
-        _tile_loadd(4, ps, 64);
-        _tile_loadd(5, ps + 512, 64);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-#define VALUES(dt)                                  \
-        _tile_loadd(6, v + (0 * 4 + dt) * 512, 64); \
-        _tile_dpbf16ps(dt, 4, 6);                   \
-        _tile_loadd(6, v + (1 * 4 + dt) * 512, 64); \
-        _tile_dpbf16ps(dt, 5, 6);
-        VALUES(0) VALUES(1) VALUES(2) VALUES(3)
-#undef VALUES
-        _tile_stored(0, pv, ATT_DIM * 4);
-        _tile_stored(1, pv + 16, ATT_DIM * 4);
-        _tile_stored(2, pv + 32, ATT_DIM * 4);
-        _tile_stored(3, pv + 48, ATT_DIM * 4);
+        /* P V: columns 16 dt .. 16 dt + 15 are dims 16 dt .. 16 dt + 15, summed over keys 0..31 then 32..63 */
+        tile_products(ps, ps + 512, 64, v, pv);
         for (int r = 0; r < rows; r++) {
             if (start + t0 + r < kb * KEY_BLOCK)
                 continue;                          /* the row sees no key of this block */

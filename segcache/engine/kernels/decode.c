@@ -66,6 +66,12 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* silu(g) = g / (1 + e^-g) on 16 lanes. */
+static inline __m512 silu16(__m512 g) {
+    return _mm512_mul_ps(g, _mm512_div_ps(_mm512_set1_ps(1.0f),
+                                          _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+}
+
 /* h = x / sqrt(mean(x^2) + eps) * w for one row, in a fixed order. */
 static void rms_norm_row(const float *x, const float *w, float *h, int64_t n, float eps) {
     __m512 acc = _mm512_setzero_ps();
@@ -366,10 +372,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 for (int64_t b = 0; b < B; b++) {
                     float *gate = gu + b * 2 * I, *up = gate + I;
                     for (int64_t i = 0; i < I; i += 16) {
-                        __m512 g = _mm512_loadu_ps(gate + i);
-                        __m512 sig = _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                                   _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-                        _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_loadu_ps(up + i)));
+                        _mm512_storeu_ps(gate + i, _mm512_mul_ps(silu16(_mm512_loadu_ps(gate + i)), _mm512_loadu_ps(up + i)));
                     }
                     prepare_row(q8, gate, b, I, &acts);
                 }
