@@ -90,6 +90,21 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+_P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+_BLOCK_MATMUL = [_P, _I, _I64, _I64, _P, _P, _I64, _P, _I]
+_SIGNATURES = {   # every entry point of the library returns an int status: 0, or -1 for what it refused
+    "segcache_q4_matmul": _BLOCK_MATMUL,
+    "segcache_q8_matmul": _BLOCK_MATMUL,
+    "segcache_decode_step": [_P, _P, _I64, _P, _P, _P, _P, _P, _P, _I],
+    "segcache_amx_init": [],
+    "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
+    "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
+    "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
+    "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
+    "segcache_rope_kv": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64, _I],
+}
+
+
 @lru_cache(maxsize=1)
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     missing = [flag for flag in CPU_FLAGS if flag not in _cpu_flags()]
@@ -102,31 +117,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         library = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.CalledProcessError) as error:
         return None, f"building {SOURCE.name} failed: {error}"
-    for function in (library.segcache_q4_matmul, library.segcache_q8_matmul):
-        function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
-        function.restype = ctypes.c_int
-    library.segcache_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                             ctypes.c_void_p, ctypes.c_int]
-    library.segcache_decode_step.restype = ctypes.c_int
-    library.segcache_amx_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
-    library.segcache_amx_matmul.restype = ctypes.c_int
-    library.segcache_amx_attention.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                               ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                               ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
-    library.segcache_amx_attention.restype = ctypes.c_int
-    library.segcache_silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                          ctypes.c_int]
-    library.segcache_silu_mul.restype = ctypes.c_int
-    library.segcache_add_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                              ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-    library.segcache_add_rms_norm.restype = ctypes.c_int
-    library.segcache_rope_kv.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-    library.segcache_rope_kv.restype = ctypes.c_int
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, ctypes.c_int
     return library, None
 
 
