@@ -26,7 +26,8 @@ from segcache.engine.linear import BlockLinear
 class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "heads", "kv_heads", "head_dim",
                                                     "inter", "vocab", "max_positions")] + [
-        ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("layers_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int)] + [
+        ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("layers_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int),
+        ("amx_attention", ctypes.c_int)] + [
         (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "qkv_scales", "o_codes",
                                              "o_scales", "gate_up_codes", "gate_up_scales", "down_codes",
                                              "down_scales", "final_norm", "head_codes", "head_scales",
@@ -57,7 +58,7 @@ class FusedDecode:
             kv_heads=forward.num_kv_heads, head_dim=forward.head_dim, inter=inter, vocab=head.num_out,
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
             layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
-            kv_bf16=int(forward.dtype == torch.bfloat16),
+            kv_bf16=int(forward.dtype == torch.bfloat16), amx_attention=int(self.amx_attention(forward)),
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
             qkv_scales=addresses([l.qkv.blocks.scales for l in layers]),
@@ -71,6 +72,13 @@ class FusedDecode:
             cos_table=keep(forward.cos.float()), sin_table=keep(forward.sin.float()))
         self.dtype, self.embed, self.hidden = forward.dtype, forward.embed, self.model.hidden
         self.threads = ThreadChooser()
+
+    @staticmethod
+    def amx_attention(forward) -> bool:
+        """Whether the step's attention runs on AMX tiles (kernels/decode.c `attend_piece_amx`): bfloat16 KV,
+        head size 64, a CPU with AMX. It changes the bits of the decode, never whether they depend on the batch."""
+        return forward.dtype == torch.bfloat16 and forward.head_dim == native.AMX_HEAD_DIM \
+            and native.amx_unavailable_reason() is None
 
     @staticmethod
     def unsupported(forward) -> str | None:

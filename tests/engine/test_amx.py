@@ -138,3 +138,47 @@ def test_attention_refuses_what_it_does_not_take():
     keys = torch.zeros((2, 8, 64), dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="refused"):       # past the buffer's capacity
         native.amx_attention(torch.zeros((4, 8 * 64), dtype=torch.bfloat16), keys, keys, 6, 4, 2, 64)
+
+
+@torch.inference_mode()
+def test_decode_attention_on_tiles_gives_sequences_that_share_a_prefix_their_lone_bits(load):
+    """The fused decode step's attention on AMX tiles (kernels/decode.c `attend_piece_amx`): sequences that
+    read the same tree block multiply its keys with all their query rows in one tile product. Each still
+    gets, bit for bit, what it gets decoded alone, or alone from its buffer's copies of the block."""
+    from segcache.engine.fused_decode import FusedDecode
+    from segcache.engine.runner import Runner
+
+    runner = Runner(load("default", "bfloat16", "int4"), threads=2)
+    assert runner.lean.fused is not None and FusedDecode.amx_attention(runner.lean)
+    tokenizer = runner.loaded.tokenizer
+    shared_ids = tuple(tokenizer("Rules every agent follows: cite the file you read. " * 60)["input_ids"])[:600]
+    warm = runner.start([], len(shared_ids))
+    runner.prefill_part(warm, shared_ids)
+    shared = runner.part_kv(warm, 0)              # a tree block: positions 0..599, read in place by decode
+    states = []
+    for agent in range(7):                        # 21 query rows per KV head: two row tiles
+        suffix = tuple(tokenizer(f"Agent {agent} asks: " + "what next? " * agent)["input_ids"])
+        state = runner.start([shared], len(shared_ids) + len(suffix) + 4)
+        runner.prefill_part(state, suffix)
+        states.append(state)
+    lone_prompt = tuple(tokenizer("A sequence with no shared block. " * 3)["input_ids"])
+    states.append(runner.start([], len(lone_prompt) + 4))
+    runner.prefill_part(states[-1], lone_prompt)
+    assert all(s.pages for s in states[:-1]) and len({s.num_tokens for s in states}) == len(states)
+    snapshot = [(s.cache.clone(), s.num_tokens) for s in states]
+    first = [int(s.last_logits.argmax()) for s in states]
+
+    def restore():
+        for state, (cache, num_tokens) in zip(states, snapshot):
+            state.cache.copy_(cache)
+            state.num_tokens = num_tokens
+
+    batched = [torch.stack(runner.decode_batch(states, first))]
+    batched.append(torch.stack(runner.decode_batch(states, [int(row.argmax()) for row in batched[0]])))
+    for with_pages in (True, False):
+        restore()
+        for index, state in enumerate(states):
+            pages, state.pages = state.pages, state.pages if with_pages else ()
+            assert torch.equal(runner.decode_step(state, first[index]), batched[0][index])
+            assert torch.equal(runner.decode_step(state, int(batched[0][index].argmax())), batched[1][index])
+            state.pages = pages

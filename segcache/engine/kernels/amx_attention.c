@@ -30,24 +30,48 @@ static inline void store_bf16x16(uint16_t *to, __m512 v) {
     _mm256_storeu_si256((__m256i *)to, round_bf16(v));
 }
 
+/* A 16 x 16 matrix of 32-bit words, one row per register, transposed in place. */
+static inline void transpose_words(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {             /* words 0,1 of rows i, i + 1 interleaved, per 128 bits */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {             /* then pairs of words of rows i..i + 3 */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 16; i += 8)               /* then 128-bit lanes of rows i..i + 7 */
+        for (int j = 0; j < 4; j++) {
+            t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+            t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {                 /* and of all 16 rows */
+        r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+    }
+}
+
 static void pack_kv(const uint16_t *keys, const uint16_t *values, int64_t capacity, int64_t num_keys,
                     int64_t kv, int64_t kb, uint16_t *kt, uint16_t *vt) {
     const uint16_t *k = keys + kv * capacity * ATT_DIM, *v = values + kv * capacity * ATT_DIM;
     int64_t first = kb * KEY_BLOCK;
-    /* K: tile (dt, nt) row r holds dims 32 dt + 2 r, + 1 (one 32-bit word) of keys 16 nt + 0..15 */
-    const __m512i words = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                             _mm512_set1_epi32(ATT_DIM / 2));
-    for (int nt = 0; nt < 4; nt++) {
-        int64_t key = first + nt * 16, live = num_keys - key;
-        __mmask16 valid = live >= 16 ? 0xffff : live <= 0 ? 0 : (__mmask16)((1u << live) - 1);
-        const int *base = (const int *)(k + (live > 0 ? key : 0) * ATT_DIM);
-        for (int dt = 0; dt < 2; dt++)
+    /* K: tile (dt, nt) row r holds dims 32 dt + 2 r, + 1 (one 32-bit word) of keys 16 nt + 0..15: the 16 x 16
+       words of the keys' half dt, transposed */
+    for (int nt = 0; nt < 4; nt++)
+        for (int dt = 0; dt < 2; dt++) {
+            __m512i rows[16];
+            for (int c = 0; c < 16; c++) {
+                int64_t key = first + nt * 16 + c;
+                rows[c] = key < num_keys ? _mm512_loadu_si512((const void *)(k + key * ATT_DIM + dt * 32))
+                                         : _mm512_setzero_si512();
+            }
+            transpose_words(rows);
             for (int r = 0; r < 16; r++)
-                _mm512_store_si512((void *)(kt + ((dt * 4 + nt) * 16 + r) * 32),
-                                   _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid,
-                                                               _mm512_add_epi32(words, _mm512_set1_epi32(dt * 16 + r)),
-                                                               base, 4));
-    }
+                _mm512_store_si512((void *)(kt + ((dt * 4 + nt) * 16 + r) * 32), rows[r]);
+        }
     /* V: tile (half, dt) row r holds dims 16 dt + 0..15 of keys 32 half + 2 r and + 1, interleaved */
     const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                            39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);

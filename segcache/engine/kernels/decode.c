@@ -29,6 +29,7 @@ typedef struct {
     int head_q8;                    /* output layer: 1 = Q8 blocks, 0 = Q4 */
     int layers_q8;                  /* layer projections: 1 = Q8 blocks (int8), 0 = Q4 (int4) */
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
+    int amx_attention;              /* 1: attention on AMX tiles (attend_piece_amx; bfloat16 KV, head size 64) */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
     const int64_t *post_norm;
     const int64_t *qkv_codes, *qkv_scales, *o_codes, *o_scales;         /* per layer: addresses */
@@ -216,6 +217,170 @@ static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf1
     }
 }
 
+#include "amx_attention.c"
+
+/* Decode attention on AMX tiles, where the CPU has them (bfloat16 KV, head size 64): one (KV head g, piece)
+   of every sequence of the step that reaches the piece, in one work item. A query row's arithmetic is the
+   prefill kernel's (amx_attention.c): its piece's keys in blocks of 64 at fixed positions, S = q K^T and
+   P V as tile products, an online float32 softmax; the piece's (largest, sum, values) go to `merge` as
+   attend_piece's do. A block that lies inside one page (the tree block it was copied from, or the buffer)
+   is packed into tile order straight from it; a block that straddles pages is first copied row by row.
+   Sequences that read a block from the same page (agents that share a prefix) share its packing and its
+   tile products, so a shared prefix is packed once per step and its keys are multiplied with up to 16
+   query rows at once. Rows never mix in a tile product, and every other step is the row's own vector
+   code, so a row gets the same bits in any batch, in any row of a tile, as alone. */
+typedef struct {
+    float lsum[16];                 /* 16 lanes of the softmax sum, added up at the end of the piece */
+    float acc[ATT_DIM];
+    float m;                        /* the largest score so far */
+} __attribute__((aligned(64))) RowState;
+
+typedef struct {                    /* one thread's scratch, for a step of B sequences */
+    RowState *rows;                 /* B * group */
+    uint16_t *q;                    /* B * group rows of 64 bfloat16 */
+    uint16_t *keys, *values;        /* a straddling block's 64 rows, copied */
+    uint16_t *kt, *vt;              /* the block in tile order */
+    const Page **source;            /* per sequence: the page its current block lies in, or NULL */
+    char *done;
+} AmxScratch;
+
+/* One block of 64 keys (kt, vt in tile order) for up to 16 query rows: row r's q (64 bfloat16) at q[r], its
+   state st[r], the block's first seen[r] keys the ones it sees (1..64). */
+static void decode_block(uint16_t *const *q, RowState *const *st, const int *seen, int rows, const uint16_t *kt,
+                         const uint16_t *vt) {
+    uint16_t qs[16 * ATT_DIM] __attribute__((aligned(64)));
+    uint16_t ps[2 * 16 * 32] __attribute__((aligned(64)));      /* P as two tiles: keys 0..31, 32..63 */
+    float s[16 * KEY_BLOCK] __attribute__((aligned(64)));
+    float pv[16 * ATT_DIM] __attribute__((aligned(64)));
+    float alpha[16];
+    memset(qs, 0, sizeof qs);
+    memset(ps, 0, sizeof ps);
+    for (int r = 0; r < rows; r++)
+        memcpy(qs + r * ATT_DIM, q[r], ATT_DIM * 2);
+    tile_products(qs, qs + 32, ATT_DIM * 2, kt, s);
+    const __m512 scale = _mm512_set1_ps(0.125f), minus_inf = _mm512_set1_ps(-INFINITY);
+    for (int r = 0; r < rows; r++) {
+        __m512 top = minus_inf;
+        for (int i = 0; i < 4; i++)
+            top = _mm512_max_ps(top, _mm512_mask_mov_ps(minus_inf, seen_mask(seen[r], 16 * i),
+                                                        _mm512_mul_ps(_mm512_load_ps(s + r * KEY_BLOCK + 16 * i), scale)));
+        const float peak = fmaxf(st[r]->m, _mm512_reduce_max_ps(top));
+        alpha[r] = _mm512_cvtss_f32(exp16(_mm512_set1_ps(st[r]->m - peak)));
+        st[r]->m = peak;
+        __m512 big = _mm512_set1_ps(peak), total = _mm512_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            __m512 e = _mm512_maskz_mov_ps(seen_mask(seen[r], 16 * i), exp16(_mm512_sub_ps(
+                _mm512_mul_ps(_mm512_load_ps(s + r * KEY_BLOCK + 16 * i), scale), big)));
+            total = _mm512_add_ps(total, e);
+            store_bf16x16(ps + (i / 2) * 512 + r * 32 + (i % 2) * 16, e);
+        }
+        _mm512_store_ps(st[r]->lsum, _mm512_fmadd_ps(_mm512_load_ps(st[r]->lsum), _mm512_set1_ps(alpha[r]), total));
+    }
+    tile_products(ps, ps + 512, 64, vt, pv);
+    for (int r = 0; r < rows; r++) {
+        __m512 a = _mm512_set1_ps(alpha[r]);
+        for (int d = 0; d < ATT_DIM; d += 16)
+            _mm512_store_ps(st[r]->acc + d, _mm512_fmadd_ps(_mm512_load_ps(st[r]->acc + d), a,
+                                                            _mm512_load_ps(pv + r * ATT_DIM + d)));
+    }
+}
+
+/* The page of a sequence's table (num_pages entries, its buffer last) that holds positions lo..lo+63, or NULL. */
+static const Page *page_of_block(const Page *pages, int64_t num_pages, int64_t lo) {
+    for (int64_t p = 0; p < num_pages; p++)
+        if (pages[p].from <= lo && lo + KEY_BLOCK <= pages[p].to)
+            return &pages[p];
+    return NULL;
+}
+
+/* Where KV head g's rows (kv 0: keys, 1: values) of layer `layer` hold position `position` in a page. */
+static inline const uint16_t *page_row(const Model *m, const Page *page, int64_t layer, int kv, int64_t g,
+                                       int64_t position) {
+    return (const uint16_t *)(uintptr_t)page->base
+           + (((layer * 2 + kv) * m->kv_heads + g) * page->capacity + position - page->origin) * ATT_DIM;
+}
+
+static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, const Page *table,
+                             const int64_t *first, const int64_t *positions, int64_t B, int64_t layer, int64_t g,
+                             int64_t piece, const int64_t *item_start, float *partials, AmxScratch *w) {
+    const int64_t group = m->heads / m->kv_heads, D = ATT_DIM;
+    int64_t end = piece * PIECE;                   /* the piece's blocks run from piece * PIECE to `end` */
+    for (int64_t b = 0; b < B; b++) {
+        if (positions[b] < piece * PIECE)
+            continue;
+        int64_t reach = positions[b] + 1 < (piece + 1) * PIECE ? positions[b] + 1 : (piece + 1) * PIECE;
+        end = reach > end ? reach : end;
+        for (int64_t r = 0; r < group; r++) {
+            const float *q = qkv + b * qkv_n + (g * group + r) * D;
+            for (int64_t d = 0; d < D; d += 16)
+                _mm256_storeu_si256((__m256i *)(w->q + (b * group + r) * D + d), round_bf16(_mm512_loadu_ps(q + d)));
+            RowState *st = &w->rows[b * group + r];
+            memset(st, 0, sizeof *st);
+            st->m = -INFINITY;
+        }
+    }
+    for (int64_t lo = piece * PIECE; lo < end; lo += KEY_BLOCK) {
+        for (int64_t b = 0; b < B; b++) {
+            w->done[b] = positions[b] < lo;        /* sequences that do not reach the block take no part */
+            w->source[b] = w->done[b] ? NULL : page_of_block(table + first[b], first[b + 1] - first[b], lo);
+        }
+        for (int64_t b = 0; b < B; b++) {
+            if (w->done[b])
+                continue;
+            const Page *page = w->source[b];
+            if (page) {
+                pack_kv(page_row(m, page, layer, 0, g, lo), page_row(m, page, layer, 1, g, lo), 0, KEY_BLOCK, 0, 0,
+                        w->kt, w->vt);
+            } else {                               /* the block straddles pages or ends at the position */
+                int64_t live = positions[b] + 1 - lo < KEY_BLOCK ? positions[b] + 1 - lo : KEY_BLOCK;
+                for (int64_t j = 0; j < live; j++) {
+                    const Page *holder = NULL;
+                    for (int64_t p = first[b]; p < first[b + 1] && !holder; p++)
+                        if (table[p].from <= lo + j && lo + j < table[p].to)
+                            holder = &table[p];
+                    memcpy(w->keys + j * D, page_row(m, holder, layer, 0, g, lo + j), D * 2);
+                    memcpy(w->values + j * D, page_row(m, holder, layer, 1, g, lo + j), D * 2);
+                }
+                pack_kv(w->keys, w->values, 0, live, 0, 0, w->kt, w->vt);
+            }
+            /* this sequence's rows, and those of every later sequence that reads the block from the same page */
+            uint16_t *q[16];
+            RowState *st[16];
+            int seen[16], rows = 0;
+            for (int64_t c = b; c < B; c++) {
+                if (w->done[c] || (c != b && (!page || !w->source[c] || w->source[c]->base != page->base
+                                              || w->source[c]->origin != page->origin
+                                              || w->source[c]->capacity != page->capacity)))
+                    continue;
+                w->done[c] = 1;
+                for (int64_t r = 0; r < group; r++) {
+                    q[rows] = w->q + (c * group + r) * D;
+                    st[rows] = &w->rows[c * group + r];
+                    seen[rows] = positions[c] + 1 - lo < KEY_BLOCK ? (int)(positions[c] + 1 - lo) : KEY_BLOCK;
+                    if (++rows == 16) {
+                        decode_block(q, st, seen, rows, w->kt, w->vt);
+                        rows = 0;
+                    }
+                }
+            }
+            if (rows)
+                decode_block(q, st, seen, rows, w->kt, w->vt);
+        }
+    }
+    for (int64_t b = 0; b < B; b++) {
+        if (positions[b] < piece * PIECE)
+            continue;
+        const int64_t pieces = (item_start[b + 1] - item_start[b]) / m->kv_heads;
+        float *part = partials + (item_start[b] + g * pieces + piece) * group * (D + 2);
+        for (int64_t r = 0; r < group; r++) {
+            const RowState *st = &w->rows[b * group + r];
+            part[r * (D + 2)] = st->m;
+            part[r * (D + 2) + 1] = _mm512_reduce_add_ps(_mm512_load_ps(st->lsum));
+            memcpy(part + r * (D + 2) + 2, st->acc, D * sizeof(float));
+        }
+    }
+}
+
 /* A step's quantized activations: Q4 or Q8 blocks per row, for the widest input of the model. */
 typedef struct { Q4Act *q4; Q8Act *q8; float *dx; } Acts;
 
@@ -306,13 +471,30 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                  aligned_alloc(64, (size_t)(B * widest / 32) * sizeof(Q8Act)),
                  malloc((size_t)(B * widest / 32) * sizeof(float))};
     float *scores = malloc((size_t)(threads * group * PIECE) * sizeof(float));
-    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && scores && item_start && partials;
+    int64_t most_pieces = 0;                      /* the AMX attention's items: (KV head, piece) */
+    for (int64_t b = 0; b < B; b++)
+        most_pieces = (positions[b] + PIECE) / PIECE > most_pieces ? (positions[b] + PIECE) / PIECE : most_pieces;
+    AmxScratch *amx = m->amx_attention ? calloc((size_t)threads, sizeof(AmxScratch)) : NULL;
+    int amx_ok = !m->amx_attention || amx != NULL;
+    for (int t = 0; amx && t < threads; t++) {
+        amx[t] = (AmxScratch){aligned_alloc(64, (size_t)(B * group) * sizeof(RowState)),
+                              aligned_alloc(64, (size_t)(B * group * ATT_DIM) * 2),
+                              aligned_alloc(64, KEY_BLOCK * ATT_DIM * 2), aligned_alloc(64, KEY_BLOCK * ATT_DIM * 2),
+                              aligned_alloc(64, BLOCK_ELEMENTS * 2), aligned_alloc(64, BLOCK_ELEMENTS * 2),
+                              malloc((size_t)B * sizeof(Page *)), malloc((size_t)B)};
+        amx_ok &= amx[t].rows && amx[t].q && amx[t].keys && amx[t].values && amx[t].kt && amx[t].vt && amx[t].source
+                  && amx[t].done;
+    }
+    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && scores && item_start && partials
+             && amx_ok;
     const int q8 = m->layers_q8;
     if (ok) {
         #pragma omp parallel num_threads(threads)
         {
             const int parts = omp_get_num_threads(), me = omp_get_thread_num();
             float *my_scores = scores + me * group * PIECE;
+            if (m->amx_attention)
+                configure_tiles();
             for (int64_t l = 0; l < m->num_layers; l++) {
                 #pragma omp single
                 for (int64_t b = 0; b < B; b++) {
@@ -336,16 +518,23 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                                  m->kv_bf16);
                     }
                 }
-                #pragma omp for schedule(static)
-                for (int64_t item = 0; item < items; item++) {
-                    int64_t b = 0;
-                    while (item >= item_start[b + 1])
-                        b++;
-                    const int64_t pieces = (item_start[b + 1] - item_start[b]) / Hkv, local = item - item_start[b];
-                    const int64_t g = local / pieces, piece = local % pieces;
-                    const int64_t lo = piece * PIECE, hi = lo + PIECE < positions[b] + 1 ? lo + PIECE : positions[b] + 1;
-                    attend_piece(m, qkv + b * qkv_n, table + first[b], first[b + 1] - first[b], l, g, lo, hi,
-                                 partials + item * group * (D + 2), my_scores);
+                if (m->amx_attention) {
+                    #pragma omp for schedule(dynamic, 1)
+                    for (int64_t item = 0; item < Hkv * most_pieces; item++)
+                        attend_piece_amx(m, qkv, qkv_n, table, first, positions, B, l, item / most_pieces,
+                                         item % most_pieces, item_start, partials, &amx[me]);
+                } else {
+                    #pragma omp for schedule(static)
+                    for (int64_t item = 0; item < items; item++) {
+                        int64_t b = 0;
+                        while (item >= item_start[b + 1])
+                            b++;
+                        const int64_t pieces = (item_start[b + 1] - item_start[b]) / Hkv, local = item - item_start[b];
+                        const int64_t g = local / pieces, piece = local % pieces;
+                        const int64_t lo = piece * PIECE, hi = lo + PIECE < positions[b] + 1 ? lo + PIECE : positions[b] + 1;
+                        attend_piece(m, qkv + b * qkv_n, table + first[b], first[b + 1] - first[b], l, g, lo, hi,
+                                     partials + item * group * (D + 2), my_scores);
+                    }
                 }
                 #pragma omp for schedule(static)
                 for (int64_t pair = 0; pair < B * Hkv; pair++) {
@@ -391,12 +580,18 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             }
             project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
                     m->kv_bf16, m->vocab);
+            if (m->amx_attention)
+                _tile_release();
         }
     }
     free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(scores);
     free(table); free(first); free(item_start); free(partials);
+    for (int t = 0; amx && t < threads; t++) {
+        free(amx[t].rows); free(amx[t].q); free(amx[t].keys); free(amx[t].values); free(amx[t].kt); free(amx[t].vt);
+        free(amx[t].source); free(amx[t].done);
+    }
+    free(amx);
     return ok ? 0 : -1;
 }
 
-#include "amx_attention.c"
 #include "rowwise.c"
