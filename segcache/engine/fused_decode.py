@@ -7,7 +7,8 @@
 Eligible: every layer projection on the VNNI block kernels, all Q4 (int4) or all Q8 (int8), the output
 layer on Q4 or Q8 blocks, no projection biases, a head size that is a multiple of 16 (<= 128), up to 8
 query heads per KV head, KV buffers in bfloat16 or float32. `FusedDecode.unsupported` says why not
-otherwise, for the start-up log.
+otherwise, for the start-up log. On a CPU with AMX, with bfloat16 KV and head size 64, the step's attention
+runs on tiles, and sequences that read the same tree block share its tile products (`amx_attention`).
 """
 
 from __future__ import annotations

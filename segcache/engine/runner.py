@@ -23,7 +23,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from segcache.engine import native, span_merges
-from segcache.engine.fused_decode import Page
+from segcache.engine.fused_decode import FusedDecode, Page
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 from segcache.engine.span_merges import SpanMerges
@@ -80,9 +80,11 @@ class Runner:
             projections = ProjectionBuilder(loaded.weights, loaded.dtype)
             loaded.prepared["lean"] = LlamaForward(loaded.model, projections)
             if loaded.weights.quantized:
+                lean = loaded.prepared["lean"]
+                fused = "in one native call per step" + (
+                    ", attention on AMX tiles" if FusedDecode.amx_attention(lean) else "")
                 log.warning("segcache: weights %s: %s; decode %s", loaded.weights.format, projections.summary(),
-                            "in one native call per step" if loaded.prepared["lean"].fused is not None
-                            else f"per tensor op ({loaded.prepared['lean'].fused_reason})")
+                            fused if lean.fused is not None else f"per tensor op ({lean.fused_reason})")
         return loaded.prepared["lean"]
 
     # ---------------------------------------------------------------- prefill

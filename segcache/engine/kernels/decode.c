@@ -4,7 +4,8 @@
    and the ~80 small tensor ops per layer around them (norms, rotary, KV writes, per-sequence attention)
    cost as much again in dispatch. Here they are loops over a few hundred floats, inside one OpenMP
    region whose threads split each projection's outputs and attention's (sequence, KV head, piece of 512
-   positions) items; each sequence's cached prefix is read from the tree's blocks (page tables).
+   positions) items, or on AMX its (KV head, piece) items over all sequences (attend_piece_amx); each
+   sequence's cached prefix is read from the tree's blocks (page tables).
 
    Per layer, for each sequence b (the residual stream x stays float32 across the layers):
        h = rmsnorm(x) ; qkv = h W_qkv ; rotate q, k at position p_b ; cache_b[layer] k|v at p_b
