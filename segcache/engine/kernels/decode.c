@@ -497,7 +497,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             if (m->amx_attention)
                 configure_tiles();
             for (int64_t l = 0; l < m->num_layers; l++) {
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     rms_norm_row(x + b * C, AT(m->input_norm, l, float), h + b * C, C, m->eps);
                     prepare_row(q8, h + b * C, b, C, &acts);
@@ -505,7 +505,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 project(q8, &acts, B, C, AT(m->qkv_codes, l, uint8_t), AT(m->qkv_scales, l, uint16_t),
                         SPLIT(qkv_n, me, parts), qkv, 0, qkv_n);
                 #pragma omp barrier
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     const float *cos = m->cos_table + positions[b] * D, *sin = m->sin_table + positions[b] * D;
                     float *row = qkv + b * qkv_n;
@@ -542,13 +542,13 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     const int64_t b = pair / Hkv, g = pair % Hkv, pieces = (item_start[b + 1] - item_start[b]) / Hkv;
                     merge(m, partials + (item_start[b] + g * pieces) * group * (D + 2), pieces, g, attn + b * H * D);
                 }
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++)
                     prepare_row(q8, attn + b * H * D, b, H * D, &acts);
                 project(q8, &acts, B, H * D, AT(m->o_codes, l, uint8_t), AT(m->o_scales, l, uint16_t),
                         SPLIT(C, me, parts), tmp, 0, C);
                 #pragma omp barrier
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     for (int64_t i = 0; i < C; i++)
                         x[b * C + i] += tmp[b * C + i];
@@ -558,7 +558,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 project(q8, &acts, B, C, AT(m->gate_up_codes, l, uint8_t), AT(m->gate_up_scales, l, uint16_t),
                         SPLIT(2 * I, me, parts), gu, 0, 2 * I);
                 #pragma omp barrier
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     float *gate = gu + b * 2 * I, *up = gate + I;
                     for (int64_t i = 0; i < I; i += 16) {
@@ -569,12 +569,12 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 project(q8, &acts, B, I, AT(m->down_codes, l, uint8_t), AT(m->down_scales, l, uint16_t),
                         SPLIT(C, me, parts), tmp, 0, C);
                 #pragma omp barrier
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t i = 0; i < C; i++)
                         x[b * C + i] += tmp[b * C + i];
             }
-            #pragma omp single
+            #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
                 rms_norm_row(x + b * C, m->final_norm, h + b * C, C, m->eps);
                 prepare_row(m->head_q8, h + b * C, b, C, &acts);
