@@ -416,7 +416,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                          int threads) {
     const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
     const int64_t qkv_n = (H + 2 * Hkv) * D;
-    if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0)
+    if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0
+        || (m->amx_attention && (!m->kv_bf16 || D != ATT_DIM)))
         return -1;
     for (int64_t b = 0; b < B; b++)
         if (positions[b] >= capacities[b] || positions[b] >= m->max_positions || positions[b] < 0)
