@@ -218,7 +218,7 @@ class Engine:
                 self._cancel(sequence)
             step = self.scheduler.schedule()
             if step.prefill is not None:
-                self._prefill(step.prefill)
+                self._prefill_share(step.prefill)
             if step.decode:
                 self._decode(step.decode)
 
@@ -246,20 +246,43 @@ class Engine:
         self.scheduler.add(Sequence(job.request, prompt, job.emit, self.executor.kv_bytes(job.request, prompt),
                                     job.queued_at, job.cancelled, constraint=constraint))
 
-    def _prefill(self, sequence: Sequence) -> None:
+    def _prefill_share(self, sequence: Sequence) -> None:
+        """A step's prefill: one span of blocks (up to --prefill-span-tokens, or one block where spans are
+        off), so running streams wait at most one span's forward. When a prompt finishes with room left in
+        that span, the next waiting request starts in the same step, with blocks that fit the room: short
+        turns that arrive together (agents answering at once) do not each wait a decode step. Requests still
+        begin one after another, so each matches the blocks the previous one stored."""
+        room = max(self.executor.config.prefill_span_tokens, self.executor.config.block_tokens)
+        first = True
+        while sequence is not None:
+            room -= self._prefill(sequence, None if first else room)
+            first = False
+            if self.scheduler.prefilling is not None or room <= 0:
+                return
+            sequence = self.scheduler.schedule().prefill
+
+    def _prefill(self, sequence: Sequence, room: int | None = None) -> int:
+        """One span of the sequence's prefill (begun if new), fitting `room` tokens if given; the tokens it
+        computed."""
+        computed = 0
         try:
             if sequence.prefill is None:
                 self.executor.begin_prefill(sequence)
-            if not self.executor.prefill_unit(sequence):
-                return
+            before = sequence.state.num_tokens
+            finished = self.executor.prefill_unit(sequence, room)
+            computed = sequence.state.num_tokens - before
+            if not finished:
+                return computed
             sequence.emit(self.executor.finish_prefill(sequence))
             if not sequence.generates:
-                return self._end(sequence)
+                self._end(sequence)
+                return computed
             sequence.decoder = self.executor.new_decoder(sequence)
             self.scheduler.start_decoding(sequence)
             self._choose(sequence, sequence.state.last_logits)
         except Exception as exc:
             self._fail(sequence, exc)
+        return computed
 
     def _decode(self, sequences: list[Sequence]) -> None:
         runner = self.executor.runner

@@ -79,13 +79,16 @@ class Executor:
             self.end_prefill(sequence)
             raise
 
-    def prefill_unit(self, sequence: Sequence) -> bool:
+    def prefill_unit(self, sequence: Sequence, room: int | None = None) -> bool:
         """Run the next span of blocks in one forward and cache each block as its own node. True when the
-        whole prompt is prefilled (at once for a warm request whose every block was cached)."""
+        whole prompt is prefilled (at once for a warm request whose every block was cached). `room`: the
+        tokens left in the engine step, which the span must fit (no forward if the next block does not)."""
         progress = sequence.prefill
         if not progress.units:
             return True
-        blocks = self._next_span(progress.units)
+        if room is not None and progress.units[0].num_tokens > room:
+            return False
+        blocks = self._next_span(progress.units, room)
         ids = tuple(t for b in blocks for t in sequence.prompt.parts[b.part_index].token_ids[b.start:b.end])
         start = sequence.state.num_tokens
         self.runner.prefill_span(sequence.state, ids, tuple(b.num_tokens for b in blocks))
@@ -95,11 +98,13 @@ class Executor:
             start += block.num_tokens
         return not progress.units
 
-    def _next_span(self, units: deque[Block]) -> list[Block]:
-        """The next blocks one forward computes: whole blocks up to --prefill-span-tokens (at least one)."""
+    def _next_span(self, units: deque[Block], room: int | None) -> list[Block]:
+        """The next blocks one forward computes: whole blocks up to --prefill-span-tokens or `room`, whichever
+        is less (at least one). Which blocks share a forward never changes their bits."""
+        limit = self.config.prefill_span_tokens if room is None else min(room, self.config.prefill_span_tokens)
         span = [units.popleft()]
         num_tokens = span[0].num_tokens
-        while units and num_tokens + units[0].num_tokens <= self.config.prefill_span_tokens:
+        while units and num_tokens + units[0].num_tokens <= limit:
             num_tokens += units[0].num_tokens
             span.append(units.popleft())
         return span
