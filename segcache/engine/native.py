@@ -35,7 +35,7 @@ import torch
 KERNELS = Path(__file__).parent / "kernels"
 SOURCE = KERNELS / "decode.c"           # includes qmatmul.c: one translation unit, one library
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
-         "-mamx-tile", "-mamx-bf16",
+         "-mamx-tile", "-mamx-bf16", "-mavx512bf16",
          "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 THREADED_WORK = 1 << 18       # weights (N x K) from which a call splits its outputs over the threads
@@ -208,7 +208,7 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.view(num_out, num_in), scale
 
 
-AMX_FLAGS = ("amx_tile", "amx_bf16")
+AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")
 AMX_HEAD_DIM = 64          # the head size the attention kernel takes
 
 
