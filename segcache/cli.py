@@ -1,27 +1,38 @@
-"""segcache serve | warm | analyze | replay | bench | lint | audit"""
+"""segcache serve | warm | analyze | replay | bench | lint | load | audit"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from segcache.bench import commands as bench_commands
-from segcache.client import commands as client_commands
-from segcache.reliability import commands as reliability_commands
-from segcache.server import commands as server_commands
-from segcache.trace import commands as trace_commands
+# Which module registers each command. Only the module of the command being run is imported: the
+# benchmarks and the client bring matplotlib and the openai SDK (~2.6 s of imports), which `serve` never uses.
+COMMANDS = {
+    "serve": "segcache.server.commands",
+    "warm": "segcache.server.commands",
+    "analyze": "segcache.trace.commands",
+    "replay": "segcache.trace.commands",
+    "bench": "segcache.bench.commands",
+    "lint": "segcache.client.commands",
+    "load": "segcache.reliability.commands",
+    "audit": "segcache.reliability.commands",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with `command`'s alone when it is one of ours."""
     parser = argparse.ArgumentParser(prog="segcache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (server_commands, trace_commands, bench_commands, client_commands, reliability_commands):
-        module.register(commands)
+    names = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in names:
+        importlib.import_module(name).register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     return int(args.run(args) or 0)
 
 

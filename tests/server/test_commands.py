@@ -27,3 +27,15 @@ def test_serve_rejects_bad_flags_with_a_message():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "cannot read 'lots' as a size" in done.stderr
+
+
+def test_the_help_lists_every_command_and_serve_imports_none_of_the_others():
+    done = subprocess.run([sys.executable, "-m", "segcache", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for command in ("serve", "warm", "analyze", "replay", "bench", "lint", "load", "audit"):
+        assert f"    {command} " in done.stdout
+    # the benchmarks bring matplotlib and the openai SDK: seconds of imports a server start does not need
+    probe = ("import sys; from segcache.cli import build_parser; build_parser('serve').parse_args(['serve']); "
+             "print(sorted(m for m in ('matplotlib', 'openai', 'segcache.bench.commands') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
