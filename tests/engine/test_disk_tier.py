@@ -22,12 +22,26 @@ def chat(question: str, tenant: str = "tenant") -> EngineRequest:
                          sampling=SamplingParams(max_tokens=6, temperature=0), keep_logits=True)
 
 
+def _setup(load, dtype: str, directory: Path):
+    loaded = load("default", dtype)
+    uncached = Engine(ServeConfig(model="default", dtype=dtype, cache_bytes=0), loaded=loaded)
+    return loaded, dtype, uncached, directory
+
+
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
 def setup(request, load, tmp_path_factory):
-    loaded = load("default", request.param)
-    uncached = Engine(ServeConfig(model="default", dtype=request.param, cache_bytes=0), loaded=loaded)
-    yield loaded, request.param, uncached, tmp_path_factory.mktemp("disk")
-    uncached.close()
+    """Both dtypes, for what the KV's bytes on disk decide: a hit from disk gives the uncached answer."""
+    made = _setup(load, request.param, tmp_path_factory.mktemp("disk"))
+    yield made
+    made[2].close()
+
+
+@pytest.fixture(scope="module")
+def setup_bf16(load, tmp_path_factory):
+    """One dtype, for what does not depend on it: a file's checksum, the tenant in its key."""
+    made = _setup(load, "bfloat16", tmp_path_factory.mktemp("disk"))
+    yield made
+    made[2].close()
 
 
 def disk_engine(setup, directory: Path) -> Engine:
@@ -66,7 +80,8 @@ def test_ram_and_disk_hits_give_the_uncached_answer(setup, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_a_damaged_file_is_a_recompute_with_the_same_answer(setup, tmp_path, damage):
+def test_a_damaged_file_is_a_recompute_with_the_same_answer(setup_bf16, tmp_path, damage):
+    setup = setup_bf16
     uncached = setup[2]
     _, base = answer(uncached, chat("Which file holds the API?"))
     first = disk_engine(setup, tmp_path)
@@ -90,7 +105,8 @@ def test_a_damaged_file_is_a_recompute_with_the_same_answer(setup, tmp_path, dam
     second.close()
 
 
-def test_tenants_never_load_each_others_files(setup, tmp_path):
+def test_tenants_never_load_each_others_files(setup_bf16, tmp_path):
+    setup = setup_bf16
     first = disk_engine(setup, tmp_path)
     answer(first, chat("Where is the schema?", tenant="acme"))
     first.close()
