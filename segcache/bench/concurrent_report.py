@@ -1,7 +1,13 @@
-"""Figures of a concurrent run: aggregate output tokens/s, TTFT and latency percentiles, wall, peak RSS."""
+"""Figures of a concurrent run: aggregate output tokens/s, TTFT and latency percentiles, wall, peak RSS.
+
+With several rounds (each system once per round, in turn), the table shows each system's median-wall run
+and the ratios are medians of the ratios within each round: on a machine whose speed drifts, two runs
+taken a minute apart compare better than two medians taken over the whole bench.
+"""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +30,7 @@ class ConcurrentRun:
     peak_rss_bytes: int
     requests: tuple[Timed, ...]
     decode_work: tuple[float, float] | None = None   # segcache's own (rows, seconds) of decode forwards
+    round: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -49,12 +56,16 @@ def one_line(run: ConcurrentRun) -> str:
 
 
 def table(runs: list[ConcurrentRun]) -> str:
+    """A row per system and client count: its median-wall run, the wall's range over rounds beside it."""
     lines = ["| system | clients | requests | wall s | output tok/s | decode tok/s | TTFT p50 s | TTFT p90 s "
              "| latency p50 s | latency p99 s | peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in runs:
+    for group in _groups(runs).values():
+        r = _median_run(group)
+        walls = [g.wall_s for g in group]
+        wall = f"{r.wall_s:.1f}" + (f" ({min(walls):.1f}-{max(walls):.1f})" if len(group) > 1 else "")
         decode = f"{r.decode_tokens_per_s:.1f}" if r.decode_tokens_per_s is not None else "-"
-        lines.append(f"| {r.system} | {r.num_clients} | {len(r.requests)} | {r.wall_s:.1f} | {r.tokens_per_s:.1f} "
+        lines.append(f"| {r.system} | {r.num_clients} | {len(r.requests)} | {wall} | {r.tokens_per_s:.1f} "
                      f"| {decode} "
                      f"| {r.ttft(50):.2f} | {r.ttft(90):.2f} | {r.latency(50):.2f} | {r.latency(99):.2f} "
                      f"| {r.peak_rss_bytes / _MIB:.0f} |")
@@ -62,20 +73,39 @@ def table(runs: list[ConcurrentRun]) -> str:
 
 
 def ratios(runs: list[ConcurrentRun], batched: str, off: str) -> list[str]:
-    """Batched vs off at each client count both ran: throughput, wall time and TTFT p50."""
-    by_key = {(r.system, r.num_clients): r for r in runs}
+    """Batched vs off at each client count both ran: throughput, wall time and TTFT p50, each the median of
+    the ratios within a round."""
+    by_key = {(r.system, r.num_clients, r.round): r for r in runs}
     lines = []
-    for (system, clients), ours in sorted(by_key.items(), key=lambda item: item[0][1]):
-        other = by_key.get((off, clients))
-        if system != batched or other is None:
+    for clients in sorted({r.num_clients for r in runs}):
+        pairs = [(ours, by_key[(off, clients, ours.round)]) for ours in runs
+                 if ours.system == batched and ours.num_clients == clients and (off, clients, ours.round) in by_key]
+        if not pairs:
             continue
+
+        def ratio(figure) -> float:
+            return statistics.median(figure(a) / figure(b) for a, b in pairs)
+
         decode = ""
-        if ours.decode_tokens_per_s and other.decode_tokens_per_s:
-            decode = f"decode tok/s {ours.decode_tokens_per_s / other.decode_tokens_per_s:.2f}x; "
-        lines.append(f"- {clients} clients: output tok/s {ours.tokens_per_s / other.tokens_per_s:.2f}x of "
-                     f"{_label(off)}; {decode}wall {ours.wall_s / other.wall_s:.2f}x; TTFT p50 "
-                     f"{ours.ttft(50) / other.ttft(50):.2f}x; latency p50 {ours.latency(50) / other.latency(50):.2f}x")
+        if all(a.decode_tokens_per_s and b.decode_tokens_per_s for a, b in pairs):
+            decode = f"decode tok/s {ratio(lambda r: r.decode_tokens_per_s):.2f}x; "
+        rounds = f" (median of {len(pairs)} rounds)" if len(pairs) > 1 else ""
+        lines.append(f"- {clients} clients: output tok/s {ratio(lambda r: r.tokens_per_s):.2f}x of "
+                     f"{_label(off)}; {decode}wall {ratio(lambda r: r.wall_s):.2f}x; TTFT p50 "
+                     f"{ratio(lambda r: r.ttft(50)):.2f}x; latency p50 {ratio(lambda r: r.latency(50)):.2f}x{rounds}")
     return lines
+
+
+def _groups(runs: list[ConcurrentRun]) -> dict[tuple[str, int], list[ConcurrentRun]]:
+    groups: dict[tuple[str, int], list[ConcurrentRun]] = {}
+    for r in runs:
+        groups.setdefault((r.system, r.num_clients), []).append(r)
+    return groups
+
+
+def _median_run(group: list[ConcurrentRun]) -> ConcurrentRun:
+    """The run of median wall time (the lower one of an even count)."""
+    return sorted(group, key=lambda r: r.wall_s)[(len(group) - 1) // 2]
 
 
 def _label(system: str) -> str:

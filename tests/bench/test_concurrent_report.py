@@ -24,3 +24,18 @@ def test_decode_throughput_is_rows_over_decode_seconds_and_compared_when_both_ra
     assert ours.decode_tokens_per_s == 124.0
     assert "decode tok/s 4.00x; " in ratios([ours, off], "segcache", "segcache-batching-off")[0]
     assert "| 124.0 |" in table([ours]) and "| - |" in table([run("llamacpp-cache", 8, 10.0, 1.0)])
+
+
+def test_rounds_report_each_systems_median_run_and_the_median_of_per_round_ratios():
+    def timed(system, wall_s, round_index):
+        return ConcurrentRun(system, 8, wall_s, 1, (Timed(wall_s / 10, wall_s / 5, 32),) * 8, round=round_index)
+    # the machine slows down across the rounds: each round's pair is what compares like with like
+    runs = [timed("segcache", 10.0, 0), timed("segcache-batching-off", 40.0, 0),
+            timed("segcache-batching-off", 35.0, 1), timed("segcache", 30.0, 1),
+            timed("segcache", 40.0, 2), timed("segcache-batching-off", 50.0, 2)]
+    line, = ratios(runs, "segcache", "segcache-batching-off")
+    # per-round wall ratios 0.25, 0.86, 0.80: median 0.80 (the ratio of the median walls, 30 / 40, is 0.75)
+    assert line == ("- 8 clients: output tok/s 1.25x of `--batching off`; wall 0.80x; TTFT p50 0.80x; "
+                    "latency p50 0.80x (median of 3 rounds)")
+    text = table(runs)
+    assert "| segcache | 8 | 8 | 30.0 (10.0-40.0) |" in text and "| segcache-batching-off | 8 | 8 | 40.0 (35.0-50.0) |" in text
