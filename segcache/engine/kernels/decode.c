@@ -221,9 +221,9 @@ static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf1
 #include "amx_attention.c"
 
 /* Decode attention on AMX tiles, where the CPU has them (bfloat16 KV, head size 64): one (KV head g, piece)
-   of every sequence of the step that reaches the piece, in one work item. A query row's arithmetic is the
-   prefill kernel's (amx_attention.c): its piece's keys in blocks of 64 at fixed positions, S = q K^T and
-   P V as tile products, an online float32 softmax; the piece's (largest, sum, values) go to `merge` as
+   of every sequence of the step that reaches the piece, in one work item. A query row's arithmetic: its
+   piece's keys in blocks of 64 at fixed positions, S = q K^T and P V as tile products (a query per tile
+   row, K and V packed by amx_attention.c `pack_kv`), an online float32 softmax; the piece's (largest, sum, values) go to `merge` as
    attend_piece's do. A block that lies inside one page (the tree block it was copied from, or the buffer)
    is packed into tile order straight from it; a block that straddles pages is first copied row by row.
    Sequences that read a block from the same page (agents that share a prefix) share its packing and its
