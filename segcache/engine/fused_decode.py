@@ -28,7 +28,7 @@ class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "heads", "kv_heads", "head_dim",
                                                     "inter", "vocab", "max_positions")] + [
         ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("layers_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int),
-        ("amx_attention", ctypes.c_int)] + [
+        ("amx_attention", ctypes.c_int), ("slabs", ctypes.c_int)] + [
         (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "qkv_scales", "o_codes",
                                              "o_scales", "gate_up_codes", "gate_up_scales", "down_codes",
                                              "down_scales", "final_norm", "head_codes", "head_scales",
@@ -60,6 +60,7 @@ class FusedDecode:
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
             layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
             kv_bf16=int(forward.dtype == torch.bfloat16), amx_attention=int(self.amx_attention(forward)),
+            slabs=int(head.layout == "slabs"),
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
             qkv_scales=addresses([l.qkv.blocks.scales for l in layers]),
@@ -91,6 +92,8 @@ class FusedDecode:
             return "not every projection is on the block kernels"
         if len({p.blocks.kind for p in projections[:-1]}) != 1:
             return "the layer projections mix Q4 and Q8 blocks"
+        if len({p.blocks.layout for p in projections}) != 1:
+            return "the projections mix block layouts"
         if any(p.dense.bias is not None for p in projections):
             return "the projections have biases"
         if forward.head_dim % 16 or forward.head_dim > 128 or forward.num_heads // forward.num_kv_heads > 8 \

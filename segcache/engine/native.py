@@ -6,7 +6,8 @@ every row, and their int8 path is single-threaded. Measured here on one thread, 
 for 16 rows: torch int8 1.2 ms, int4 ~1.0 ms, these kernels 0.7 ms; the 49,152 x 576 output layer for one
 row: torch int8 5.3 ms, these kernels 0.8 ms on two threads. These kernels do what llama.cpp's CPU backend
 does, in our own code: the activations are quantized per block of 32 to int8 and the dot products run on
-VNNI integer instructions, then one float multiply-add per block.
+VNNI integer instructions, then one float multiply-add per block. On CPUs with AMX, amx_qmatmul.c does
+the same products on weights packed in slabs (`block_layout`), with tile products from 9 rows up.
 
 The same library holds the bfloat16 prefill kernels for CPUs with AMX (amx.c: the matmul; amx_attention.c;
 rowwise.c: add + RMSNorm, RoPE + KV write, silu * up), each giving a row the same bits whatever else is in
@@ -35,7 +36,7 @@ import torch
 KERNELS = Path(__file__).parent / "kernels"
 SOURCE = KERNELS / "decode.c"           # includes qmatmul.c: one translation unit, one library
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
-         "-mamx-tile", "-mamx-bf16", "-mavx512bf16",
+         "-mamx-tile", "-mamx-bf16", "-mamx-int8", "-mavx512bf16",
          "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 THREADED_WORK = 1 << 18       # weights (N x K) from which a call splits its outputs over the threads
@@ -98,6 +99,7 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_decode_step": [_P, _P, _I64, _P, _P, _P, _P, _P, _P, _I],
     "segcache_amx_init": [],
     "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
+    "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
     "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
     "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
@@ -143,12 +145,18 @@ def _build(compiler: str) -> Path:
 
 
 class BlockWeights:
-    """One projection's weights packed for a kernel: codes (N, bytes per row) uint8, scales float16."""
+    """One projection's weights packed for a kernel: codes uint8 and float16 scales in one of two layouts.
 
-    def __init__(self, kind: str, codes: torch.Tensor, scales: torch.Tensor, num_in: int):
-        self.kind, self.num_in = kind, num_in
+    "rows" (qmatmul.c's VNNI kernels): codes (N, bytes per row), scales (N, ...).
+    "slabs" (amx_qmatmul.c, on CPUs with AMX): codes (ceil(N / 16), K / 32, slab bytes), one record per
+    16 outputs and block of 32 inputs holding its codes as a tile reads them and their scales; `scales` is
+    empty. Which one depends on the machine (`block_layout`), never on the call."""
+
+    def __init__(self, kind: str, codes: torch.Tensor, scales: torch.Tensor, num_in: int, num_out: int | None = None,
+                 layout: str = "rows"):
+        self.kind, self.num_in, self.layout = kind, num_in, layout
         self.codes, self.scales = codes.contiguous(), scales.contiguous()
-        self.num_out = codes.shape[0]
+        self.num_out = codes.shape[0] if num_out is None else num_out
 
     @property
     def num_bytes(self) -> int:
@@ -156,6 +164,8 @@ class BlockWeights:
 
     def dequantize(self) -> torch.Tensor:
         """The weights (N, K) in float32, as the kernel multiplies them (for tests)."""
+        if self.layout == "slabs":
+            return self._dequantize_slabs()
         if self.kind == "q8":
             q = self.codes.view(self.num_out, -1, 32).float() - 128
             return (q * self.scales.float()[..., None]).view(self.num_out, self.num_in)
@@ -166,24 +176,71 @@ class BlockWeights:
         m = dm[..., 2:].reshape(self.num_out, -1, 1)
         return (q * d + m).view(self.num_out, self.num_in)
 
+    def _dequantize_slabs(self) -> torch.Tensor:
+        groups, blocks, _ = self.codes.shape
+        if self.kind == "q8":
+            tile = self.codes[..., :512].view(torch.int8).float()
+            d = self.codes[..., 512:].contiguous().view(torch.float16).float()          # (G, blocks, 16)
+            m = torch.zeros_like(d)
+        else:
+            nibbles = self.codes[..., :256]
+            tile = torch.cat((nibbles & 15, nibbles >> 4), dim=-1).float()
+            d = self.codes[..., 256:288].contiguous().view(torch.float16).float()
+            m = self.codes[..., 288:].contiguous().view(torch.float16).float()
+        # tile[g, b, 64 r + 4 n + i] = W[16 g + n, 32 b + 4 r + i]
+        q = tile.view(groups, blocks, 8, 16, 4).permute(0, 3, 1, 2, 4).reshape(groups * 16, blocks, 32)
+        d, m = (t.permute(0, 2, 1).reshape(groups * 16, blocks, 1) for t in (d, m))
+        return (q * d + m).view(groups * 16, self.num_in)[:self.num_out]
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype."""
         kernels = library()
         x = x.contiguous()
         out = torch.empty((x.shape[0], self.num_out), dtype=x.dtype)
-        function = kernels.segcache_q4_matmul if self.kind == "q4" else kernels.segcache_q8_matmul
         threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
-        status = function(x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[0], self.num_in,
-                          self.codes.data_ptr(), self.scales.data_ptr(), self.num_out, out.data_ptr(), threads)
+        is_bf16 = int(x.dtype == torch.bfloat16)
+        if self.layout == "slabs":
+            _require_amx()
+            status = kernels.segcache_amx_q_matmul(int(self.kind == "q8"), x.data_ptr(), is_bf16, x.shape[0],
+                                                   self.num_in, self.codes.data_ptr(), self.num_out, out.data_ptr(),
+                                                   threads)
+        else:
+            function = kernels.segcache_q4_matmul if self.kind == "q4" else kernels.segcache_q8_matmul
+            status = function(x.data_ptr(), is_bf16, x.shape[0], self.num_in, self.codes.data_ptr(),
+                              self.scales.data_ptr(), self.num_out, out.data_ptr(), threads)
         if status != 0:
             raise RuntimeError(f"{self.kind} kernel refused a ({x.shape[0]}, {self.num_in}) input")
         return out
+
+
+def block_layout() -> str:
+    """"slabs" where the AMX integer kernels serve (amx_qmatmul.c), else "rows" (qmatmul.c)."""
+    return "slabs" if amx_unavailable_reason() is None else "rows"
+
+
+def _slabs(codes: torch.Tensor, *parts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """codes (N, K) one byte each and per-block float16 scales (N, K/32) -> (G, K/32, bytes) slabs: the
+    codes as a weight tile (64-byte rows of 4 inputs x 16 outputs), then each scale's 16 values; N is padded
+    with zero outputs to 16 G."""
+    num_out, num_in = codes.shape
+    groups, blocks = -(-num_out // 16), num_in // 32
+    pad = groups * 16 - num_out
+    codes = torch.cat((codes, codes.new_zeros((pad, num_in))))
+    tile = codes.view(groups, 16, blocks, 8, 4).permute(0, 2, 3, 1, 4).reshape(groups, blocks, 512).view(torch.uint8)
+    scales = [torch.cat((p.to(torch.float16), p.new_zeros((pad, blocks), dtype=torch.float16)))
+              .view(groups, 16, blocks).permute(0, 2, 1).contiguous().view(torch.uint8) for p in parts]
+    return tile, scales
 
 
 def pack_q4(codes: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> BlockWeights:
     """Groupwise int4 as the kernel reads it: codes (N, K) 0..15, w = scale * q + low per group of 32
     (GGUF Q4_1's d and m; float16, as GGUF stores them). K must be a multiple of 64."""
     num_out, num_in = codes.shape
+    if block_layout() == "slabs":
+        tile, (d, m) = _slabs(codes.to(torch.uint8), scale, low)
+        nibbles = tile[..., :256] | (tile[..., 256:] << 4)
+        return BlockWeights("q4", torch.cat((nibbles, d, m), dim=-1), torch.empty(0, dtype=torch.float16), num_in,
+                            num_out, "slabs")
     groups = codes.view(num_out, num_in // 32, 32)
     packed = (groups[..., :16] | (groups[..., 16:] << 4)).reshape(num_out, num_in // 2)
     d, m = scale.view(num_out, -1, 2), low.view(num_out, -1, 2)
@@ -194,6 +251,10 @@ def pack_q4(codes: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> Bloc
 def pack_q8(codes: torch.Tensor, scale: torch.Tensor) -> BlockWeights:
     """Blockwise int8 (GGUF Q8_0): codes (N, K) int8 in -127..127, w = scale * q per block of 32."""
     num_out, num_in = codes.shape
+    if block_layout() == "slabs":
+        tile, (d,) = _slabs(codes.to(torch.int8), scale)
+        return BlockWeights("q8", torch.cat((tile, d), dim=-1), torch.empty(0, dtype=torch.float16), num_in,
+                            num_out, "slabs")
     return BlockWeights("q8", (codes.to(torch.int16) + 128).to(torch.uint8), scale.to(torch.float16), num_in)
 
 
@@ -208,7 +269,7 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.view(num_out, num_in), scale
 
 
-AMX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16")
+AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16")
 AMX_HEAD_DIM = 64          # the head size the attention kernel takes
 
 

@@ -28,6 +28,19 @@ def _reference_matmul(x: torch.Tensor, weights_dense: torch.Tensor) -> torch.Ten
     return (q * dx).view(num_rows, num_in) @ weights_dense.double().T
 
 
+LAYOUTS = ["rows"] + (["slabs"] if native.amx_unavailable_reason() is None else [])
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request, monkeypatch):
+    """Weights packed in each block layout this machine can serve: "slabs" (amx_qmatmul.c) where AMX is,
+    "rows" (qmatmul.c's VNNI kernels, what a CPU without AMX runs) everywhere."""
+    if request.param == "rows":
+        monkeypatch.setenv("SEGCACHE_AMX", "off")
+    assert native.block_layout() == request.param
+    return request.param
+
+
 def _random_q4(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
     generator = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 16, (num_out, num_in), generator=generator, dtype=torch.uint8)
@@ -43,23 +56,28 @@ def _random_q8(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
 
 @pytest.mark.parametrize("kind", ["q4", "q8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind, dtype):
-    weights = _random_q4(200, 576, 1) if kind == "q4" else _random_q8(200, 576, 1)
-    x = torch.randn((5, 576), generator=torch.Generator().manual_seed(2)).to(dtype)
+@pytest.mark.parametrize("num_rows", [5, 13])          # slabs: 13 rows run on tiles, 5 without
+def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind, dtype, num_rows, layout):
+    weights = _random_q4(200, 576, 1) if kind == "q4" else _random_q8(200, 576, 1)    # 200: not whole groups of 16
+    assert weights.layout == layout
+    x = torch.randn((num_rows, 576), generator=torch.Generator().manual_seed(2)).to(dtype)
     expected = _reference_matmul(x, weights.dequantize())
     got = weights.matmul(x)
-    assert got.dtype == dtype and got.shape == (5, 200)
+    assert got.dtype == dtype and got.shape == (num_rows, 200)
     # float32 sums of per-block products vs a float64 reference; bfloat16 adds its output rounding
     tolerance = 1e-5 if dtype == torch.float32 else 2 ** -8
     torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("kind", ["q4", "q8"])
-def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind):
+def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind, layout):
     weights = _random_q4(3072, 576, 3) if kind == "q4" else _random_q8(3072, 576, 3)
     dense = DenseLinear(weights.dequantize().bfloat16())
     linear = BlockLinear(weights, dense)
     assert is_row_invariant(linear)        # batch sizes 1..KERNEL_MAX_ROWS, each row against itself alone
+    many = torch.randn((40, 576), generator=torch.Generator().manual_seed(5)).bfloat16()
+    alone = torch.cat([weights.matmul(many[row:row + 1]) for row in range(40)])
+    assert torch.equal(weights.matmul(many), alone)          # the kernel itself past 16 rows (fused step batches)
     x = torch.randn((KERNEL_MAX_ROWS, 576), generator=torch.Generator().manual_seed(4)).bfloat16()
     results = []
     for threads in (1, 2, 3):
@@ -69,7 +87,7 @@ def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind):
     assert all(torch.equal(result, results[0]) for result in results)
 
 
-def test_inputs_that_are_not_whole_pairs_of_blocks_are_refused():
+def test_inputs_that_are_not_whole_pairs_of_blocks_are_refused(layout):
     weights = _random_q4(8, 128, 5)
     weights.num_in = 96
     with pytest.raises(RuntimeError, match="refused"):
@@ -81,7 +99,7 @@ def blocks(model_dir):
     return GgufBlocks(embedded_gguf_path())
 
 
-def test_the_gguf_q4_1_blocks_pack_exactly(blocks):
+def test_the_gguf_q4_1_blocks_pack_exactly(blocks, layout):
     import gguf
 
     reader = {t.name: t for t in gguf.GGUFReader(embedded_gguf_path()).tensors}
@@ -93,7 +111,7 @@ def test_the_gguf_q4_1_blocks_pack_exactly(blocks):
         assert torch.equal(_pack_int4(blocks.int4(name)).dequantize(), expected)
 
 
-def test_the_q8_0_embedding_packs_exactly_as_the_output_layer(blocks, load):
+def test_the_q8_0_embedding_packs_exactly_as_the_output_layer(blocks, load, layout):
     embedding = load("default", "float32", "float32").model.model.embed_tokens.weight
     codes, scale = blocks.q8_0("token_embd.weight")
     assert torch.equal(native.pack_q8(codes, scale).dequantize(), embedding)
@@ -199,6 +217,25 @@ def test_a_fused_row_has_the_same_bits_in_any_batch_and_on_any_thread_count(int4
             alone = lean.fused((state.cache,), (positions[index],), first[index:index + 1], threads=threads)
             assert torch.equal(alone[0], batched[index])
             assert torch.equal(state.cache[:, :, :, :positions[index] + 1], batched_kv[index])
+
+
+def test_without_amx_the_fused_step_runs_the_row_layout_with_the_same_guarantees(monkeypatch, int4_runner):
+    """What a CPU without AMX runs (qmatmul.c's kernels inside decode.c): rows that keep their bits in any
+    batch, and the greedy choice of the tile layout's kernels up to their float rounding."""
+    from segcache.engine.fused_decode import first_variant_row
+    from segcache.engine.model import load_model
+    from segcache.engine.runner import Runner
+
+    monkeypatch.setenv("SEGCACHE_AMX", "off")
+    runner = Runner(load_model("default", "bfloat16", weights="int4"), threads=2)
+    assert runner.lean.fused is not None and runner.lean.fused.model.slabs == 0
+    assert first_variant_row(runner.lean, 6) is None
+    prompt = runner.loaded.tokenizer("The capital of France is a city called")["input_ids"]
+    rows_tokens, rows_logits = _greedy(runner, prompt, 2)
+    tile_tokens, tile_logits = _greedy(int4_runner, prompt, 2)
+    assert rows_tokens[0] == tile_tokens[0]
+    log_rows, log_tiles = (torch.log_softmax(l[0].float(), -1) for l in (rows_logits, tile_logits))
+    assert torch.nn.functional.kl_div(log_rows, log_tiles, log_target=True, reduction="sum") < 0.05
 
 
 def test_the_thread_count_follows_the_measured_step_time():

@@ -24,6 +24,8 @@
 
 #include "amx.c"
 
+#include "amx_qmatmul.c"
+
 typedef struct {
     int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, vocab, max_positions;
     float eps;
@@ -31,6 +33,7 @@ typedef struct {
     int layers_q8;                  /* layer projections: 1 = Q8 blocks (int8), 0 = Q4 (int4) */
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
     int amx_attention;              /* 1: attention on AMX tiles (attend_piece_amx; bfloat16 KV, head size 64) */
+    int slabs;                      /* 1: every projection in amx_qmatmul.c's slabs (codes only), 0: in rows */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
     const int64_t *post_norm;
     const int64_t *qkv_codes, *qkv_scales, *o_codes, *o_scales;         /* per layer: addresses */
@@ -382,28 +385,35 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
     }
 }
 
-/* A step's quantized activations: Q4 or Q8 blocks per row, for the widest input of the model. */
-typedef struct { Q4Act *q4; Q8Act *q8; float *dx; } Acts;
+/* A step's quantized activations: Q4 or Q8 blocks per row, or for slabs int8 rows with per-block dx and xs,
+   for the widest input of the model; each thread's slab scratch. */
+typedef struct { Q4Act *q4; Q8Act *q8; float *dx; int8_t *qa; float *xs; AqScratch *aq; int slabs; } Acts;
 
 /* Row b of the activations (K inputs from `src`) for the projections' block kind. */
 static void prepare_row(int q8, const float *src, int64_t b, int64_t K, const Acts *a) {
-    if (q8)
+    if (a->slabs)
+        aq_quantize_row(src, 0, 0, K, a->qa + b * K, a->dx + b * (K / 32), a->xs + b * (K / 32));
+    else if (q8)
         quantize_row_q8(src, 0, 0, K, a->q8 + b * (K / 32), a->dx + b * (K / 32));
     else
         quantize_row_q4(src, 0, 0, K, a->q4 + b * (K / 64));
 }
 
-/* Outputs n0..n1 of y (B, N) float32 = the prepared rows times the weights. */
+/* Thread `part` of `parts`'s share of the outputs of y (B, N) = the prepared rows times the weights. */
 static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *codes, const uint16_t *scales,
-                    int64_t n0, int64_t n1, void *y, int out_bf16, int64_t N) {
+                    int part, int parts, void *y, int out_bf16, int64_t N) {
+    if (a->slabs) {
+        const int64_t groups = (N + AQ_OUT - 1) / AQ_OUT;
+        aq_rows(q8, a->qa, a->dx, a->xs, B, K, codes, chunk_start(groups, parts, part),
+                chunk_start(groups, parts, part + 1), N, y, out_bf16, a->aq + part);
+        return;
+    }
+    const int64_t n0 = chunk_start(N, parts, part), n1 = chunk_start(N, parts, part + 1);
     if (q8)
         q8_rows(a->q8, a->dx, B, K / 32, codes, scales, n0, n1, y, out_bf16, N);
     else
         q4_rows(a->q4, B, K / 64, codes, scales, n0, n1, y, out_bf16, N);
 }
-
-/* The outputs [part's share of N) of y = x W for the B rows quantized in `act`. */
-#define SPLIT(N, part, parts) chunk_start((N), (parts), (part)), chunk_start((N), (parts), (part) + 1)
 
 /* x (B, hidden) float32: the step's input embeddings, overwritten. caches: B addresses of (L, 2, H_kv,
    capacity, D) buffers; positions: where each sequence's token goes. pages: for each sequence, page_counts[b]
@@ -471,7 +481,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     int64_t widest = (I > H * D ? I : H * D) > C ? (I > H * D ? I : H * D) : C;
     Acts acts = {aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act)),
                  aligned_alloc(64, (size_t)(B * widest / 32) * sizeof(Q8Act)),
-                 malloc((size_t)(B * widest / 32) * sizeof(float))};
+                 malloc((size_t)(B * widest / 32) * sizeof(float)), aligned_alloc(64, (size_t)(B * widest + 64)),
+                 malloc((size_t)(B * widest / 32) * sizeof(float)),
+                 aligned_alloc(64, (size_t)threads * sizeof(AqScratch)), m->slabs};
     float *scores = malloc((size_t)(threads * group * PIECE) * sizeof(float));
     int64_t most_pieces = 0;                      /* the AMX attention's items: (KV head, piece) */
     for (int64_t b = 0; b < B; b++)
@@ -487,8 +499,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         amx_ok &= amx[t].rows && amx[t].q && amx[t].keys && amx[t].values && amx[t].kt && amx[t].vt && amx[t].source
                   && amx[t].done;
     }
-    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && scores && item_start && partials
-             && amx_ok;
+    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && acts.qa && acts.xs && acts.aq && scores
+             && item_start && partials && amx_ok;
     const int q8 = m->layers_q8;
     if (ok) {
         #pragma omp parallel num_threads(threads)
@@ -504,7 +516,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     prepare_row(q8, h + b * C, b, C, &acts);
                 }
                 project(q8, &acts, B, C, AT(m->qkv_codes, l, uint8_t), AT(m->qkv_scales, l, uint16_t),
-                        SPLIT(qkv_n, me, parts), qkv, 0, qkv_n);
+                        me, parts, qkv, 0, qkv_n);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
@@ -521,6 +533,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     }
                 }
                 if (m->amx_attention) {
+                    if (m->slabs)
+                        configure_tiles();             /* the projections' tile shapes are not attention's */
                     #pragma omp for schedule(dynamic, 1)
                     for (int64_t item = 0; item < Hkv * most_pieces; item++)
                         attend_piece_amx(m, qkv, qkv_n, table, first, positions, B, l, item / most_pieces,
@@ -547,7 +561,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 for (int64_t b = 0; b < B; b++)
                     prepare_row(q8, attn + b * H * D, b, H * D, &acts);
                 project(q8, &acts, B, H * D, AT(m->o_codes, l, uint8_t), AT(m->o_scales, l, uint16_t),
-                        SPLIT(C, me, parts), tmp, 0, C);
+                        me, parts, tmp, 0, C);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
@@ -557,7 +571,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     prepare_row(q8, h + b * C, b, C, &acts);
                 }
                 project(q8, &acts, B, C, AT(m->gate_up_codes, l, uint8_t), AT(m->gate_up_scales, l, uint16_t),
-                        SPLIT(2 * I, me, parts), gu, 0, 2 * I);
+                        me, parts, gu, 0, 2 * I);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
@@ -568,7 +582,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     prepare_row(q8, gate, b, I, &acts);
                 }
                 project(q8, &acts, B, I, AT(m->down_codes, l, uint8_t), AT(m->down_scales, l, uint16_t),
-                        SPLIT(C, me, parts), tmp, 0, C);
+                        me, parts, tmp, 0, C);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++)
@@ -580,13 +594,14 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 rms_norm_row(x + b * C, m->final_norm, h + b * C, C, m->eps);
                 prepare_row(m->head_q8, h + b * C, b, C, &acts);
             }
-            project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, SPLIT(m->vocab, me, parts), logits,
+            project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, me, parts, logits,
                     m->kv_bf16, m->vocab);
-            if (m->amx_attention)
+            if (m->amx_attention || m->slabs)
                 _tile_release();
         }
     }
-    free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(scores);
+    free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(acts.qa);
+    free(acts.xs); free(acts.aq); free(scores);
     free(table); free(first); free(item_start); free(partials);
     for (int t = 0; amx && t < threads; t++) {
         free(amx[t].rows); free(amx[t].q); free(amx[t].keys); free(amx[t].values); free(amx[t].kt); free(amx[t].vt);
