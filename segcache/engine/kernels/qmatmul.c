@@ -28,13 +28,6 @@
 #define PREFETCH_BYTES 1024
 #endif
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static inline uint16_t f32_to_bf16(float f) {     /* round to nearest even, as torch does */
     uint32_t bits;
     memcpy(&bits, &f, 4);
@@ -44,10 +37,6 @@ static inline uint16_t f32_to_bf16(float f) {     /* round to nearest even, as t
     return (uint16_t)(bits >> 16);
 }
 
-static inline float load_x(const void *x, int is_bf16, int64_t i) {
-    return is_bf16 ? bf16_to_f32(((const uint16_t *)x)[i]) : ((const float *)x)[i];
-}
-
 static inline float hsum8(__m256 v) {              /* a fixed order: (0+4, 1+5, 2+6, 3+7), then pairs */
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -55,23 +44,31 @@ static inline float hsum8(__m256 v) {              /* a fixed order: (0+4, 1+5, 
     return _mm_cvtss_f32(s);
 }
 
-/* One block of a row: q (32 int8) and dx = max|x| / 127, as llama.cpp's Q8 activations. */
+/* One block of a row: q (32 int8) and dx = max|x| / 127, as llama.cpp's Q8 activations; `sum` is the sum of
+   q. Vectorized, with the arithmetic of one element at a time: an exact max, one multiply by 1 / dx and a
+   round half to even per input, an exact integer sum. */
 static void quantize_block(const void *x, int is_bf16, int64_t at, int8_t *q, float *dx, int *sum) {
-    float v[BLOCK], amax = 0.0f;
-    for (int j = 0; j < BLOCK; j++) {
-        v[j] = load_x(x, is_bf16, at + j);
-        float a = fabsf(v[j]);
-        amax = a > amax ? a : amax;
+    __m512 v[2];
+    for (int half = 0; half < 2; half++) {
+        if (is_bf16) {
+            __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + at + 16 * half));
+            v[half] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        } else {
+            v[half] = _mm512_loadu_ps((const float *)x + at + 16 * half);
+        }
     }
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
     float d = amax / 127.0f, inverse = d != 0.0f ? 1.0f / d : 0.0f;
-    int total = 0;
-    for (int j = 0; j < BLOCK; j++) {
-        int value = (int)nearbyintf(v[j] * inverse);
-        q[j] = (int8_t)value;
-        total += value;
+    __m512i total = _mm512_setzero_si512();
+    for (int half = 0; half < 2; half++) {
+        __m512 scaled = _mm512_roundscale_ps(_mm512_mul_ps(v[half], _mm512_set1_ps(inverse)),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512i value = _mm512_cvtps_epi32(scaled);
+        _mm_storeu_si128((__m128i *)(q + 16 * half), _mm512_cvtepi32_epi8(value));
+        total = _mm512_add_epi32(total, value);
     }
     *dx = d;
-    *sum = total;
+    *sum = _mm512_reduce_add_epi32(total);
 }
 
 /* ---- Q4 -------------------------------------------------------------------------------------------
