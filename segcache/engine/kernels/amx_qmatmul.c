@@ -149,6 +149,52 @@ static void aq_group(int q8, const int8_t *q, const float *dx, const float *xs, 
     }
 }
 
+/* aq_scale for a whole tile of 16 rows, the accumulators in registers across the blocks: the same
+   operations in the same order. */
+static inline __attribute__((always_inline)) void aq_scale16(int q8, const int32_t *sums, const uint8_t *slab,
+                                                             const float *dx, const float *xs, int64_t blocks,
+                                                             int64_t b, __m512 acc[16]) {
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + (q8 ? 512 : 256))));
+    const __m512 m = q8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + 288)));
+    #pragma GCC unroll 16
+    for (int r = 0; r < 16; r++) {
+        __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * blocks + b]));
+        __m512 c = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(sums + 16 * r)));
+        acc[r] = _mm512_fmadd_ps(c, s, acc[r]);
+        if (!q8)
+            acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * blocks + b]), acc[r]);
+    }
+}
+
+static void aq_group16(int q8, const int8_t *q, const float *dx, const float *xs, int64_t K, const uint8_t *slabs,
+                       int64_t g, int64_t N, void *y, int out_bf16, AqScratch *s) {
+    const int64_t blocks = K / AQ_IN, slab = aq_slab_bytes(q8);
+    __m512 acc[16];
+    #pragma GCC unroll 16
+    for (int r = 0; r < 16; r++)
+        acc[r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < blocks; b += 2) {
+        AQ_BLOCK(0, 2, 3, b);
+        AQ_BLOCK(1, 5, 4, b + 1);
+        aq_scale16(q8, s->sums[0], slabs + b * slab, dx, xs, blocks, b, acc);
+        aq_scale16(q8, s->sums[1], slabs + (b + 1) * slab, dx, xs, blocks, b + 1, acc);
+    }
+    if (b < blocks) {
+        AQ_BLOCK(0, 2, 3, b);
+        aq_scale16(q8, s->sums[0], slabs + b * slab, dx, xs, blocks, b, acc);
+    }
+    const int64_t n = g * AQ_OUT, width = N - n < AQ_OUT ? N - n : AQ_OUT;
+    const __mmask16 keep = (__mmask16)((1u << width) - 1);
+    #pragma GCC unroll 16
+    for (int r = 0; r < 16; r++) {
+        if (out_bf16)
+            _mm256_mask_storeu_epi16((uint16_t *)y + r * N + n, keep, round_bf16(acc[r]));
+        else
+            _mm512_mask_storeu_ps((float *)y + r * N + n, keep, acc[r]);
+    }
+}
+
 /* The same outputs for a few rows without tiles, with the same bits: each 64-byte row of a B tile holds 4
    inputs of 16 outputs, so one VNNI product of it with the row's 4 activations broadcast adds those inputs
    to 16 outputs' sums at once, and 8 of them give the block's 16 integer sums (Q8: its codes + 128 as
@@ -231,6 +277,12 @@ static void aq_rows(int q8, const int8_t *q, const float *dx, const float *xs, i
             continue;
         }
         aq_configure(rows);
+        if (rows == AQ_ROWS) {
+            for (int64_t g = g0; g < g1; g++)
+                aq_group16(q8, q + m0 * K, dx + m0 * blocks, xs + m0 * blocks, K, packed + g * group_bytes, g, N,
+                           (char *)y + (out_bf16 ? 2 : 4) * m0 * N, out_bf16, s);
+            continue;
+        }
         for (int64_t g = g0; g < g1; g++)
             aq_group(q8, q + m0 * K, dx + m0 * blocks, xs + m0 * blocks, rows, K, packed + g * group_bytes, g, N,
                      (char *)y + (out_bf16 ? 2 : 4) * m0 * N, out_bf16, s);
