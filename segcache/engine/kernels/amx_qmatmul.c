@@ -95,6 +95,19 @@ static inline void aq_scale(int q8, const int32_t *sums, const uint8_t *slab, co
     }
 }
 
+/* Rows of 16 float32 accumulators (outputs 16g..) into y (rows of stride N), the outputs past N left out. */
+static void aq_store(const float *acc, int rows, int64_t g, int64_t N, void *y, int out_bf16) {
+    const int64_t n = g * AQ_OUT, width = N - n < AQ_OUT ? N - n : AQ_OUT;
+    const __mmask16 keep = (__mmask16)((1u << width) - 1);
+    for (int r = 0; r < rows; r++) {
+        __m512 v = _mm512_load_ps(acc + 16 * r);
+        if (out_bf16)
+            _mm256_mask_storeu_epi16((uint16_t *)y + r * N + n, keep, round_bf16(v));
+        else
+            _mm512_mask_storeu_ps((float *)y + r * N + n, keep, v);
+    }
+}
+
 typedef struct {                       /* a thread's scratch: weight tiles, sums, accumulators */
     uint8_t tile[2][512];
     int32_t sums[2][AQ_ROWS * 16];
@@ -138,15 +151,7 @@ static void aq_group(int q8, const int8_t *q, const float *dx, const float *xs, 
         AQ_BLOCK(0, 2, 3, b);
         aq_scale(q8, s->sums[0], slabs + b * slab, dx, xs, blocks, b, rows, s->acc);
     }
-    const int64_t n = g * AQ_OUT, width = N - n < AQ_OUT ? N - n : AQ_OUT;
-    const __mmask16 keep = (__mmask16)((1u << width) - 1);
-    for (int r = 0; r < rows; r++) {
-        __m512 v = _mm512_load_ps(s->acc + 16 * r);
-        if (out_bf16)
-            _mm256_mask_storeu_epi16((uint16_t *)y + r * N + n, keep, round_bf16(v));
-        else
-            _mm512_mask_storeu_ps((float *)y + r * N + n, keep, v);
-    }
+    aq_store(s->acc, rows, g, N, y, out_bf16);
 }
 
 /* aq_scale for a whole tile of 16 rows, the accumulators in registers across the blocks: the same
@@ -251,15 +256,7 @@ static void aq_group_vnni(int q8, const int8_t *q, const float *dx, const float 
     }
     if (rows == 1)
         _mm512_store_ps(s->acc, one);
-    const int64_t n = g * AQ_OUT, width = N - n < AQ_OUT ? N - n : AQ_OUT;
-    const __mmask16 keep = (__mmask16)((1u << width) - 1);
-    for (int r = 0; r < rows; r++) {
-        __m512 v = _mm512_load_ps(s->acc + 16 * r);
-        if (out_bf16)
-            _mm256_mask_storeu_epi16((uint16_t *)y + r * N + n, keep, round_bf16(v));
-        else
-            _mm512_mask_storeu_ps((float *)y + r * N + n, keep, v);
-    }
+    aq_store(s->acc, rows, g, N, y, out_bf16);
 }
 
 /* Groups g0..g1 of outputs for M rows of prepared activations, in chunks of 16 rows; configures the tiles
