@@ -74,25 +74,28 @@ static inline void aq_unpack_q4(const uint8_t *codes, uint8_t *tile) {
     }
 }
 
-/* One block's sums (tile C, rows x 16 int32, stored at `sums`) scaled into acc (rows x 16 float32). */
+/* A block's float16 scales: d, and m for Q4 (zero for Q8). */
+static inline void aq_block_scales(int q8, const uint8_t *slab, __m512 *d, __m512 *m) {
+    *d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + (q8 ? 512 : 256))));
+    *m = q8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + 288)));
+}
+
+/* The float arithmetic of one row and block for 16 outputs, the only place it is written: every path
+   accumulates through it, so they give the same bits. */
+static inline __m512 aq_step(int q8, __m512 acc, __m512i sums, __m512 d, __m512 m, float dx, float xs) {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(d, _mm512_set1_ps(dx)), acc);
+    return q8 ? acc : _mm512_fmadd_ps(m, _mm512_set1_ps(xs), acc);
+}
+
+/* One block's sums (rows x 16 int32 at `sums`) scaled into acc (rows x 16 float32). */
 static inline void aq_scale(int q8, const int32_t *sums, const uint8_t *slab, const float *dx, const float *xs,
                             int64_t blocks, int64_t b, int rows, float *acc) {
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + (q8 ? 512 : 256))));
-    if (q8) {
-        for (int r = 0; r < rows; r++) {
-            __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * blocks + b]));
-            __m512 c = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(sums + 16 * r)));
-            _mm512_store_ps(acc + 16 * r, _mm512_fmadd_ps(c, s, _mm512_load_ps(acc + 16 * r)));
-        }
-    } else {
-        const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + 288)));
-        for (int r = 0; r < rows; r++) {
-            __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * blocks + b]));
-            __m512 c = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(sums + 16 * r)));
-            __m512 a = _mm512_fmadd_ps(c, s, _mm512_load_ps(acc + 16 * r));
-            _mm512_store_ps(acc + 16 * r, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * blocks + b]), a));
-        }
-    }
+    __m512 d, m;
+    aq_block_scales(q8, slab, &d, &m);
+    for (int r = 0; r < rows; r++)
+        _mm512_store_ps(acc + 16 * r, aq_step(q8, _mm512_load_ps(acc + 16 * r),
+                                               _mm512_load_si512((const void *)(sums + 16 * r)), d, m,
+                                               dx[r * blocks + b], xs[r * blocks + b]));
 }
 
 /* Rows of 16 float32 accumulators (outputs 16g..) into y (rows of stride N), the outputs past N left out. */
@@ -154,21 +157,16 @@ static void aq_group(int q8, const int8_t *q, const float *dx, const float *xs, 
     aq_store(s->acc, rows, g, N, y, out_bf16);
 }
 
-/* aq_scale for a whole tile of 16 rows, the accumulators in registers across the blocks: the same
-   operations in the same order. */
+/* aq_scale for a whole tile of 16 rows, the accumulators in registers across the blocks. */
 static inline __attribute__((always_inline)) void aq_scale16(int q8, const int32_t *sums, const uint8_t *slab,
                                                              const float *dx, const float *xs, int64_t blocks,
                                                              int64_t b, __m512 acc[16]) {
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + (q8 ? 512 : 256))));
-    const __m512 m = q8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(slab + 288)));
+    __m512 d, m;
+    aq_block_scales(q8, slab, &d, &m);
     #pragma GCC unroll 16
-    for (int r = 0; r < 16; r++) {
-        __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * blocks + b]));
-        __m512 c = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(sums + 16 * r)));
-        acc[r] = _mm512_fmadd_ps(c, s, acc[r]);
-        if (!q8)
-            acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * blocks + b]), acc[r]);
-    }
+    for (int r = 0; r < 16; r++)
+        acc[r] = aq_step(q8, acc[r], _mm512_load_si512((const void *)(sums + 16 * r)), d, m, dx[r * blocks + b],
+                         xs[r * blocks + b]);
 }
 
 static void aq_group16(int q8, const int8_t *q, const float *dx, const float *xs, int64_t K, const uint8_t *slabs,
@@ -189,21 +187,16 @@ static void aq_group16(int q8, const int8_t *q, const float *dx, const float *xs
         AQ_BLOCK(0, 2, 3, b);
         aq_scale16(q8, s->sums[0], slabs + b * slab, dx, xs, blocks, b, acc);
     }
-    const int64_t n = g * AQ_OUT, width = N - n < AQ_OUT ? N - n : AQ_OUT;
-    const __mmask16 keep = (__mmask16)((1u << width) - 1);
     #pragma GCC unroll 16
-    for (int r = 0; r < 16; r++) {
-        if (out_bf16)
-            _mm256_mask_storeu_epi16((uint16_t *)y + r * N + n, keep, round_bf16(acc[r]));
-        else
-            _mm512_mask_storeu_ps((float *)y + r * N + n, keep, acc[r]);
-    }
+    for (int r = 0; r < 16; r++)
+        _mm512_store_ps(s->acc + 16 * r, acc[r]);
+    aq_store(s->acc, AQ_ROWS, g, N, y, out_bf16);
 }
 
 /* The same outputs for a few rows without tiles, with the same bits: each 64-byte row of a B tile holds 4
    inputs of 16 outputs, so one VNNI product of it with the row's 4 activations broadcast adds those inputs
    to 16 outputs' sums at once, and 8 of them give the block's 16 integer sums (Q8: its codes + 128 as
-   unsigned bytes, less 128 * the activations' sum, exactly). The scaling is aq_scale's. */
+   unsigned bytes, less 128 * the activations' sum, exactly). The scaling is aq_step's. */
 static inline __m512i aq_block_sums(int q8, const __m512i w[8], const int8_t *q) {
     __m512i sums = _mm512_setzero_si512();
     for (int r = 0; r < 8; r++) {
@@ -241,13 +234,10 @@ static void aq_group_vnni(int q8, const int8_t *q, const float *dx, const float 
                 w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
             }
         }
-        if (rows == 1) {                                       /* aq_scale's arithmetic, in registers */
-            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(codes + (q8 ? 512 : 256))));
-            __m512 c = _mm512_cvtepi32_ps(aq_block_sums(q8, w, q + b * AQ_IN));
-            one = _mm512_fmadd_ps(c, _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), one);
-            if (!q8)
-                one = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(codes + 288))),
-                                      _mm512_set1_ps(xs[b]), one);
+        if (rows == 1) {                                       /* the accumulator in a register */
+            __m512 d, m;
+            aq_block_scales(q8, codes, &d, &m);
+            one = aq_step(q8, one, aq_block_sums(q8, w, q + b * AQ_IN), d, m, dx[b], xs[b]);
             continue;
         }
         for (int r = 0; r < rows; r++)
@@ -266,23 +256,21 @@ static void aq_rows(int q8, const int8_t *q, const float *dx, const float *xs, i
                     AqScratch *s) {
     const int64_t blocks = K / AQ_IN, group_bytes = blocks * aq_slab_bytes(q8);
     for (int64_t m0 = 0; m0 < M; m0 += AQ_ROWS) {
-        int rows = M - m0 < AQ_ROWS ? (int)(M - m0) : AQ_ROWS;
-        if (rows <= AQ_VNNI_ROWS) {
-            for (int64_t g = g0; g < g1; g++)
-                aq_group_vnni(q8, q + m0 * K, dx + m0 * blocks, xs + m0 * blocks, rows, K, packed + g * group_bytes, g, N,
-                              (char *)y + (out_bf16 ? 2 : 4) * m0 * N, out_bf16, s);
-            continue;
+        const int rows = M - m0 < AQ_ROWS ? (int)(M - m0) : AQ_ROWS;
+        const int8_t *qc = q + m0 * K;
+        const float *dxc = dx + m0 * blocks, *xsc = xs + m0 * blocks;
+        void *yc = (char *)y + (out_bf16 ? 2 : 4) * m0 * N;
+        if (rows > AQ_VNNI_ROWS)
+            aq_configure(rows);
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t *slabs = packed + g * group_bytes;
+            if (rows <= AQ_VNNI_ROWS)
+                aq_group_vnni(q8, qc, dxc, xsc, rows, K, slabs, g, N, yc, out_bf16, s);
+            else if (rows == AQ_ROWS)
+                aq_group16(q8, qc, dxc, xsc, K, slabs, g, N, yc, out_bf16, s);
+            else
+                aq_group(q8, qc, dxc, xsc, rows, K, slabs, g, N, yc, out_bf16, s);
         }
-        aq_configure(rows);
-        if (rows == AQ_ROWS) {
-            for (int64_t g = g0; g < g1; g++)
-                aq_group16(q8, q + m0 * K, dx + m0 * blocks, xs + m0 * blocks, K, packed + g * group_bytes, g, N,
-                           (char *)y + (out_bf16 ? 2 : 4) * m0 * N, out_bf16, s);
-            continue;
-        }
-        for (int64_t g = g0; g < g1; g++)
-            aq_group(q8, q + m0 * K, dx + m0 * blocks, xs + m0 * blocks, rows, K, packed + g * group_bytes, g, N,
-                     (char *)y + (out_bf16 ? 2 : 4) * m0 * N, out_bf16, s);
     }
 }
 
