@@ -114,7 +114,7 @@ class FusedDecode:
         addresses = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64)
         capacities = torch.tensor([c.shape[3] for c in caches], dtype=torch.int64)
         where = torch.tensor(positions, dtype=torch.int64)
-        table, counts = _page_table(pages, positions, self.dtype) if pages is not None else (None, None)
+        table, counts = page_table(pages, positions, self.dtype) if pages is not None else (None, None)
         logits = torch.empty((num_seqs, self.model.vocab), dtype=self.dtype)
         threads, started = threads or self.threads.pick(num_seqs), time.perf_counter()
         status = native.library().segcache_decode_step(
@@ -134,7 +134,7 @@ class Page:
     start: int
 
 
-def _page_table(pages: tuple[tuple[Page, ...], ...], positions: tuple[int, ...], dtype: torch.dtype):
+def page_table(pages: tuple[tuple[Page, ...], ...], positions: tuple[int, ...], dtype: torch.dtype):
     """The kernel's page rows (address, origin, from, to, capacity) and per-sequence counts. A sequence's
     pages are used up to the first that is empty, not a contiguous payload of the KV dtype, not where the
     previous one ended, or reaching its current position; its buffer covers the rest."""

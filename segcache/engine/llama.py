@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from segcache.engine import native
-from segcache.engine.fused_decode import FusedDecode
+from segcache.engine.fused_decode import FusedDecode, page_table
 from segcache.engine.linear import DenseLinear
 from segcache.engine.weights import ProjectionBuilder
 
@@ -88,7 +88,7 @@ class LlamaForward:
 
     @torch.inference_mode()
     def forward(self, cache: torch.Tensor, start: int, ids: torch.Tensor, blocks: tuple[int, ...] | None = None,
-                use_threads: Callable[[int], None] | None = None, merges=None) -> torch.Tensor:
+                use_threads: Callable[[int], None] | None = None, merges=None, pages: tuple = ()) -> torch.Tensor:
         """Run tokens `ids` (T,) at positions start..start+T-1; fill the cache; return the last logits (V,).
 
         The forward may span several consecutive blocks of sizes `blocks` (sum T; default one block), and
@@ -99,11 +99,13 @@ class LlamaForward:
         forwards from there, computes every block exactly as an uncached run does (engine/units.py).
         `merges` (engine/span_merges.py): runs of whole blocks whose linears one call computes with the bits
         of the calls per block, as the start-up check found. On AMX (bfloat16), the linears and the attention
-        run on kernels whose rows never depend on the call (engine/kernels/amx*.c): one call each per span.
+        run on kernels whose rows never depend on the call (engine/kernels/amx*.c): one call each per span,
+        and the attention reads the positions that tree blocks in `pages` (fused_decode.Page, from position 0)
+        hold from them, as the decode step does; elsewhere the cache must hold every position before `start`.
         """
         span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
         if self.native_prefill:
-            return self._forward_native(cache, start, ids, span)
+            return self._forward_native(cache, start, ids, span, pages)
         x = F.embedding(ids, self.embed)                                     # (T, C)
         cos, sin = self.cos[start:span.end, None], self.sin[start:span.end, None]   # (T, 1, D)
         masks = [self._mask(block_start, size) for block_start, size in span.blocks()]   # once per forward
@@ -120,11 +122,14 @@ class LlamaForward:
         x = _rms_norm(x[-1:], self.final_norm, self.eps)
         return self.lm_head(x)[0]
 
-    def _forward_native(self, cache: torch.Tensor, start: int, ids: torch.Tensor, span: "_Span") -> torch.Tensor:
+    def _forward_native(self, cache: torch.Tensor, start: int, ids: torch.Tensor, span: "_Span",
+                        pages: tuple = ()) -> torch.Tensor:
         """`forward` on our kernels (bfloat16 where the CPU has AMX), every row's bits independent of the call,
         so each runs once over the whole span: the linears and the attention on AMX tiles (engine/kernels/
         amx*.c); the residual add with the next norm, RoPE with the KV write, and silu(gate) * up, each one
         float32 pass per row rounded once (kernels/rowwise.c)."""
+        table, counts = page_table((pages,), (start,), self.dtype)
+        table = table[:int(counts[0])] if counts[0] else None                # tree blocks read in place
         x = F.embedding(ids, self.embed)                                     # (T, C), the residual stream
         delta = None                                                         # what the last layer adds to x
         for index, layer in enumerate(self.layers):
@@ -134,7 +139,7 @@ class LlamaForward:
             native.rope_kv(qkv, self.cos, self.sin, start, self.num_heads, self.num_kv_heads, self.head_dim,
                            keys, values)
             attn = native.amx_attention(qkv, keys, values, start, self.num_heads, self.num_kv_heads,
-                                        self.head_dim)                       # (T, H D)
+                                        self.head_dim, table, index)         # (T, H D)
             h = native.add_rms_norm(x, span.linear(layer.o_proj, attn), layer.post_norm, self.eps)
             delta = span.linear(layer.down_proj, native.silu_mul(span.linear(layer.gate_up, h)))
         last = x[-1:].clone()

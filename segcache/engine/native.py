@@ -100,7 +100,7 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_amx_init": [],
     "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
-    "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
+    "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
     "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
     "segcache_rope_kv": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64, _I],
@@ -337,22 +337,28 @@ class AmxWeights:
 
 
 def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, heads: int,
-                  kv_heads: int, head_dim: int) -> torch.Tensor:
+                  kv_heads: int, head_dim: int, pages: torch.Tensor | None = None, layer: int = 0) -> torch.Tensor:
     """Causal grouped-query attention of T queries at positions start.. (kernels/amx_attention.c):
     qkv (T, >= heads * head_dim) bfloat16 whose first heads * head_dim columns are the rotated queries (rows
     may be strided), keys and values (kv_heads, capacity, head_dim) filled up to start + T -> (T, heads *
-    head_dim). A query's bits depend on its q and its keys only, never on the call's other queries."""
+    head_dim). `pages` (n, 5) int64, rows (address, origin, from, to, capacity) as fused_decode.page_table
+    builds them: tree blocks (L, 2, kv_heads, capacity, head_dim), read at `layer`, that hold positions 0 ..
+    the last one's `to` in place of the buffer. A query's bits depend on its q and its keys only, never on
+    the call's other queries nor on where its keys are read from."""
     _require_amx()
     num_rows = qkv.shape[0]
     out = torch.empty((num_rows, heads * head_dim), dtype=torch.bfloat16)
     if qkv.stride(1) != 1 or not keys.is_contiguous() or not values.is_contiguous():
         raise ValueError("amx_attention needs unit-stride rows and contiguous keys and values")
+    num_pages = 0 if pages is None else pages.shape[0]
     threads = _threads if num_rows * (start + num_rows) >= 4096 else 1
     status = library().segcache_amx_attention(qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(),
-                                              keys.shape[1], heads, kv_heads, head_dim, start, num_rows,
-                                              out.data_ptr(), threads)
+                                              keys.shape[1], pages.data_ptr() if num_pages else None, num_pages,
+                                              layer, heads, kv_heads, head_dim, start, num_rows, out.data_ptr(),
+                                              threads)
     if status != 0:
-        raise RuntimeError(f"AMX attention refused {heads} heads of {head_dim} over {kv_heads} KV heads")
+        raise RuntimeError(f"AMX attention refused {heads} heads of {head_dim} over {kv_heads} KV heads"
+                           + (f" and pages {pages.tolist()}" if num_pages else ""))
     return out
 
 

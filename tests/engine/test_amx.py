@@ -131,6 +131,35 @@ def test_a_query_gets_its_own_bits_in_any_call_and_on_any_threads():
     assert torch.equal(native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64), whole)
 
 
+def test_attention_reads_the_positions_that_tree_blocks_hold_from_them_with_the_same_bits():
+    """A prefill after a matched chain reads the chain's positions from the tree's blocks (pages), not from
+    copies in its buffer: the same values, so the same bits, wherever the blocks' edges fall against the
+    kernel's 64-key blocks; the buffer's positions before the pages' end are never read."""
+    from segcache.engine.fused_decode import Page, page_table
+
+    generator = torch.Generator().manual_seed(12)
+    layers, heads, kv_heads, capacity, start, num_rows = 3, 9, 3, 400, 201, 150
+    cache = torch.randn((layers, 2, kv_heads, capacity, 64), generator=generator).bfloat16()
+    qkv = torch.randn((num_rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
+    layer = 1
+    whole = native.amx_attention(qkv, cache[layer, 0], cache[layer, 1], start, heads, kv_heads, 64)
+    for edges in ((0, 201), (0, 37, 128, 201), (0, 64, 192), (0, 5)):      # tree blocks' positions
+        blocks = [cache[:, :, :, a:b].clone() for a, b in zip(edges, edges[1:])]
+        buffer = cache.clone()
+        buffer[:, :, :, :edges[-1]] = float("nan")                         # what the buffer never gets
+        pages = tuple(Page(block, a) for block, a in zip(blocks, edges))
+        table, counts = page_table((pages,), (start,), torch.bfloat16)
+        assert int(counts[0]) == len(pages)
+        got = native.amx_attention(qkv, buffer[layer, 0], buffer[layer, 1], start, heads, kv_heads, 64,
+                                   table, layer)
+        assert torch.equal(got, whole)
+    # pages that leave a gap, or reach the positions being computed, are refused
+    for rows in (((blocks[0].data_ptr(), 0, 1, 5, 5),), ((cache.data_ptr(), 0, 0, start + 1, capacity),)):
+        with pytest.raises(RuntimeError, match="refused"):
+            native.amx_attention(qkv, buffer[layer, 0], buffer[layer, 1], start, heads, kv_heads, 64,
+                                 torch.tensor(rows, dtype=torch.int64), layer)
+
+
 def test_attention_refuses_what_it_does_not_take():
     keys = torch.zeros((2, 64, 32), dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="refused"):
@@ -178,6 +207,8 @@ def test_decode_attention_on_tiles_gives_sequences_that_share_a_prefix_their_lon
     for with_pages in (True, False):
         restore()
         for index, state in enumerate(states):
+            if not with_pages:
+                runner.fill_buffer(state)
             pages, state.pages = state.pages, state.pages if with_pages else ()
             assert torch.equal(runner.decode_step(state, first[index]), batched[0][index])
             assert torch.equal(runner.decode_step(state, int(batched[0][index].argmax())), batched[1][index])

@@ -292,6 +292,7 @@ def test_a_cached_prefix_read_from_its_tree_blocks_gives_the_bits_of_the_buffer(
             state = int4_runner.start(blocks[:-1], len(ids) + 4)
             int4_runner.prefill_part(state, ids[cached:])
             if not with_pages:
+                int4_runner.fill_buffer(state)
                 state.pages = ()
             states.append(state)
         rows = [int4_runner.decode_batch(states, [5] * batch) for _ in range(3)]
@@ -305,6 +306,7 @@ def test_a_cached_prefix_read_from_its_tree_blocks_gives_the_bits_of_the_buffer(
     # pages that do not continue where the previous one ended, or that reach the current position, are not
     # read: the buffer serves those positions
     state = states[0]
+    int4_runner.fill_buffer(state)
     snapshot = state.cache.clone()
     reference = lean.fused((state.cache,), (state.num_tokens,), torch.tensor([7]), threads=1)
     for pages in ((Page(blocks[0], 0), Page(blocks[1], 40)), (Page(blocks[0], 0), Page(warm.cache[:, :, :, :80], 37))):

@@ -1,7 +1,9 @@
 /* Causal grouped-query attention of a prefill forward on AMX tiles, head_dim 64, bfloat16 in and out.
 
        q    (T, heads * 64)   rows of the fused projection's output (row stride q_stride elements)
-       K, V (kv_heads, capacity, 64)   one layer's KV buffer; positions 0 .. start + T - 1 are filled
+       K, V (kv_heads, capacity, 64)   one layer's KV buffer, filled from position start (or 0) to start + T - 1;
+                      the positions before are read from the tree blocks the sequence matched (pages), where
+                      the decode step reads them too, so a request's buffer never holds copies of them
        out  (T, heads * 64)   what the output projection reads
        query t (position start + t) of head h attends keys 0 .. start + t of KV head h / (heads / kv_heads)
 
@@ -17,7 +19,8 @@
                                       dims 0..31 then 32..63
        keys past a query's position are masked; m = max(m, max S); a = 2^((m_old - m) log2(e) / 8)
        P = 2^((S - m) log2(e) / 8), l = l a + sum P; acc = acc a + V^T P^T     (P rounded to bfloat16)
-   then out = acc / l. Only V is copied per call, transposed into tile order (keys past the end are zeros):
+   then out = acc / l. Only V is copied per call, transposed into tile order (keys past the end are zeros),
+   and the few K blocks that straddle two sources or pass the last key (key_block):
        Vt[kv][kb][half][dt][i][c] = V[kv][64 kb + 32 half + c][16 dt + i]
    With a query per lane the softmax needs no per-row loop and no reduction across a vector: measured here
    (512 queries of one layer at positions 0 and 1,536, on one and two threads, A/B interleaved call by
@@ -151,26 +154,73 @@ static inline __mmask16 causal_lanes(int64_t key, int64_t first) {
     return d <= 0 ? 0xffff : d >= 16 ? 0 : (__mmask16)(0xffffu << d);
 }
 
-/* V of key block kb of one KV head as the A operand of O^T = V^T P^T: tile (half, dt), row i = dim
+/* Where a prefill's keys and values are: the tree blocks its sequence matched (pages, as the decode step
+   reads them), then its buffer. Positions from..to-1; KV head g's row of position p at + (g * head_stride + p -
+   origin) * 64 of keys and of values. */
+typedef struct { const uint16_t *keys, *values; int64_t from, to, origin, head_stride; } KvRows;
+
+/* The source of position p (sources in position order, the last reaching the last key). */
+static inline const KvRows *rows_of(const KvRows *sources, int64_t num_sources, int64_t p) {
+    int64_t i = 0;
+    while (i + 1 < num_sources && p >= sources[i].to)
+        i++;
+    return &sources[i];
+}
+
+static inline const uint16_t *kv_row(const KvRows *source, int kv, int64_t g, int64_t p) {
+    return (kv ? source->values : source->keys) + (g * source->head_stride + p - source->origin) * ATT_DIM;
+}
+
+/* V of key block kb of KV head g as the A operand of O^T = V^T P^T: tile (half, dt), row i = dim
    16 dt + i, column c = key 64 kb + 32 half + c (zero past num_keys). Per tile: the 16 key pairs' dims
    interleaved into 16 x 16 words (as pack_kv lays V out), then transposed. */
-static void pack_values_t(const uint16_t *v, int64_t num_keys, int64_t kb, uint16_t *vt) {
+static void pack_values_t(const KvRows *sources, int64_t num_sources, int64_t g, int64_t num_keys, int64_t kb,
+                          uint16_t *vt) {
     const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                            39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const uint16_t *row[KEY_BLOCK];
+    for (int j = 0; j < KEY_BLOCK; j++) {
+        int64_t key = kb * KEY_BLOCK + j;
+        row[j] = key < num_keys ? kv_row(rows_of(sources, num_sources, key), 1, g, key) : NULL;
+    }
     for (int half = 0; half < 2; half++)
         for (int dt = 0; dt < 4; dt++) {
             __m512i rows[16];
             for (int r = 0; r < 16; r++) {
-                int64_t key = kb * KEY_BLOCK + half * 32 + 2 * r;
-                __mmask16 even = key < num_keys ? 0xffff : 0, odd = key + 1 < num_keys ? 0xffff : 0;
-                __m256i a = _mm256_maskz_loadu_epi16(even, even ? v + key * ATT_DIM + dt * 16 : v);
-                __m256i b = _mm256_maskz_loadu_epi16(odd, odd ? v + (key + 1) * ATT_DIM + dt * 16 : v);
+                const uint16_t *even = row[half * 32 + 2 * r], *odd = row[half * 32 + 2 * r + 1];
+                __m256i a = even ? _mm256_loadu_si256((const __m256i *)(even + dt * 16)) : _mm256_setzero_si256();
+                __m256i b = odd ? _mm256_loadu_si256((const __m256i *)(odd + dt * 16)) : _mm256_setzero_si256();
                 rows[r] = _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), pairs, _mm512_castsi256_si512(b));
             }
             transpose_words(rows);
             for (int i = 0; i < 16; i++)
                 _mm512_store_si512((void *)(vt + ((half * 4 + dt) * 16 + i) * 32), rows[i]);
         }
+}
+
+/* Key block kb of KV head g as S^T = K Q^T reads it (64 rows of 64 dims): straight from its source when the
+   whole block lies in one, else (it straddles two, or passes the last key) copied into `staged` with zeros
+   past num_keys, which is then returned. */
+static const uint16_t *key_block(const KvRows *sources, int64_t num_sources, int64_t g, int64_t num_keys,
+                                 int64_t kb, uint16_t *staged) {
+    int64_t lo = kb * KEY_BLOCK;
+    const KvRows *source = rows_of(sources, num_sources, lo);
+    if (lo + KEY_BLOCK <= source->to)
+        return kv_row(source, 0, g, lo);
+    for (int j = 0; j < KEY_BLOCK; j++) {
+        int64_t key = lo + j;
+        if (key < num_keys)
+            memcpy(staged + j * ATT_DIM, kv_row(rows_of(sources, num_sources, key), 0, g, key), ATT_DIM * 2);
+        else
+            memset(staged + j * ATT_DIM, 0, ATT_DIM * 2);
+    }
+    return staged;
+}
+
+/* Whether key block kb needs a staged copy (key_block). */
+static inline int key_block_staged(const KvRows *sources, int64_t num_sources, int64_t kb) {
+    int64_t lo = kb * KEY_BLOCK;
+    return lo + KEY_BLOCK > rows_of(sources, num_sources, lo)->to;
 }
 
 /* 16 queries (rows t0 .. t0 + 15, those below T) of head h, one query per lane: every vector below holds a
@@ -182,11 +232,9 @@ static void pack_values_t(const uint16_t *v, int64_t num_keys, int64_t kb, uint1
        P^T = 2^(S c - m' c) on the keys it sees, l = l a + sum P (in key order, in four interleaved sums)
        O^T (64 dims x 16) = V^T P^T    P rounded to bfloat16; acc = acc a + O^T
    A lane that sees no key of a block keeps m, l and acc as they were, so how many blocks its tile walks
-   never shows in its bits. `k_last`: the last block's keys, staged with zeros past num_keys (NULL when
-   every block is whole). */
-static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *k_last,
-                         int64_t whole_blocks, const uint16_t *vt, int64_t h, int64_t heads, int64_t start,
-                         int64_t T, int64_t t0, uint16_t *out) {
+   never shows in its bits. `kblocks`: where each key block's 64 rows are (key_block). */
+static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *const *kblocks, const uint16_t *vt,
+                         int64_t h, int64_t heads, int64_t start, int64_t T, int64_t t0, uint16_t *out) {
     uint16_t qt[2 * 512] __attribute__((aligned(64)));         /* Q^T: dims 0..31, 32..63 */
     uint16_t pt[2 * 512] __attribute__((aligned(64)));         /* P^T: keys 0..31, 32..63 */
     float st[KEY_BLOCK * 16] __attribute__((aligned(64)));      /* S^T, a key per row */
@@ -209,7 +257,7 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *ke
     __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
     int64_t first = start + t0, last = first + rows - 1;
     for (int64_t kb = 0; kb * KEY_BLOCK <= last; kb++) {
-        const uint16_t *k = kb < whole_blocks ? keys + kb * KEY_BLOCK * ATT_DIM : k_last;
+        const uint16_t *k = kblocks[kb];
         const uint16_t *v = vt + kb * BLOCK_ELEMENTS;
         _tile_loadd(4, qt, 64);
         _tile_loadd(5, qt + 512, 64);
@@ -274,49 +322,71 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *ke
     }
 }
 
-/* Returns 0, or -1 for a shape it does not take (head_dim not 64, heads not a multiple of kv_heads) or when
-   memory ran out. */
+/* keys, values (kv_heads, capacity, 64): one layer of the sequence's buffer. pages: NULL, or num_pages rows
+   of 5 int64 (address, origin, from, to, capacity) as the decode step takes them (decode.c `Page`), tree
+   blocks (L, 2, kv_heads, capacity, 64) read at `layer`, covering positions 0 .. the last one's `to` in order;
+   the buffer holds the positions after them. The values are the same wherever they are read from, and so
+   are the bits. Returns 0, or -1 for a shape it does not take (head_dim not 64, heads not a multiple of
+   kv_heads), pages that do not tile positions 0 .. start - 1 from 0, or when memory ran out. */
 int segcache_amx_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
-                           int64_t capacity, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start,
-                           int64_t T, uint16_t *out, int threads) {
-    if (head_dim != ATT_DIM || T <= 0 || kv_heads <= 0 || heads % kv_heads || start + T > capacity)
+                           int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer,
+                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T,
+                           uint16_t *out, int threads) {
+    if (head_dim != ATT_DIM || T <= 0 || kv_heads <= 0 || heads % kv_heads || start + T > capacity
+        || num_pages < 0 || (num_pages && !pages))
         return -1;
-    int64_t num_keys = start + T, blocks = (num_keys + KEY_BLOCK - 1) / KEY_BLOCK, whole = num_keys / KEY_BLOCK;
-    int64_t group = heads / kv_heads, tiles = (T + 15) / 16;
+    int64_t num_keys = start + T, blocks = (num_keys + KEY_BLOCK - 1) / KEY_BLOCK;
+    int64_t group = heads / kv_heads, tiles = (T + 15) / 16, num_sources = num_pages + 1;
+    KvRows *sources = malloc((size_t)num_sources * sizeof(KvRows));
+    if (!sources)
+        return -1;
+    int64_t covered = 0;
+    for (int64_t p = 0; p < num_pages; p++) {
+        const int64_t *e = pages + 5 * p;
+        const uint16_t *base = (const uint16_t *)(uintptr_t)e[0];
+        if (e[2] != covered || e[3] <= e[2] || e[3] > start || e[1] > e[2] || e[3] - e[1] > e[4]) {
+            free(sources);
+            return -1;
+        }
+        sources[p] = (KvRows){base + layer * 2 * kv_heads * e[4] * ATT_DIM,
+                              base + (layer * 2 + 1) * kv_heads * e[4] * ATT_DIM, e[2], e[3], e[1], e[4]};
+        covered = e[3];
+    }
+    sources[num_pages] = (KvRows){keys, values, covered, num_keys, 0, capacity};
+    int64_t staged = 0;
+    for (int64_t kb = 0; kb < blocks; kb++)
+        staged += key_block_staged(sources, num_sources, kb);
     uint16_t *vt = aligned_alloc(64, (size_t)(kv_heads * blocks * BLOCK_ELEMENTS) * 2);
-    uint16_t *k_last = whole < blocks ? aligned_alloc(64, (size_t)(kv_heads * KEY_BLOCK * ATT_DIM) * 2) : NULL;
-    if (!vt || (whole < blocks && !k_last)) {
-        free(vt);
-        free(k_last);
+    uint16_t *copies = staged ? aligned_alloc(64, (size_t)(kv_heads * staged * KEY_BLOCK * ATT_DIM) * 2) : NULL;
+    const uint16_t **kblocks = malloc((size_t)(kv_heads * blocks) * sizeof(uint16_t *));
+    if (!vt || (staged && !copies) || !kblocks) {
+        free(vt); free(copies); free(kblocks); free(sources);
         return -1;
     }
+    for (int64_t g = 0, copy = 0; g < kv_heads; g++)
+        for (int64_t kb = 0; kb < blocks; kb++) {
+            uint16_t *to = key_block_staged(sources, num_sources, kb) ? copies + (copy++) * KEY_BLOCK * ATT_DIM : NULL;
+            kblocks[g * blocks + kb] = key_block(sources, num_sources, g, num_keys, kb, to);
+        }
     threads = threads < 1 ? 1 : threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         #pragma omp for schedule(static)
         for (int64_t item = 0; item < kv_heads * blocks; item++)
-            pack_values_t(values + item / blocks * capacity * ATT_DIM, num_keys, item % blocks,
-                          vt + item * BLOCK_ELEMENTS);
-        if (k_last) {
-            #pragma omp for schedule(static)
-            for (int64_t kv = 0; kv < kv_heads; kv++) {
-                int64_t live = num_keys - whole * KEY_BLOCK;
-                uint16_t *to = k_last + kv * KEY_BLOCK * ATT_DIM;
-                memcpy(to, keys + (kv * capacity + whole * KEY_BLOCK) * ATT_DIM, (size_t)(live * ATT_DIM) * 2);
-                memset(to + live * ATT_DIM, 0, (size_t)((KEY_BLOCK - live) * ATT_DIM) * 2);
-            }
-        }
+            pack_values_t(sources, num_sources, item / blocks, num_keys, item % blocks, vt + item * BLOCK_ELEMENTS);
         configure_tiles();
         /* later query tiles see more keys: hand them out from the last, in turns */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < heads * tiles; item++) {
-            int64_t tile = tiles - 1 - item / heads, h = item % heads, kv = h / group;
-            attend_lanes(q, q_stride, keys + kv * capacity * ATT_DIM, k_last ? k_last + kv * KEY_BLOCK * ATT_DIM : NULL,
-                         whole, vt + kv * blocks * BLOCK_ELEMENTS, h, heads, start, T, tile * 16, out);
+            int64_t tile = tiles - 1 - item / heads, h = item % heads, g = h / group;
+            attend_lanes(q, q_stride, kblocks + g * blocks, vt + g * blocks * BLOCK_ELEMENTS, h, heads, start, T,
+                         tile * 16, out);
         }
         _tile_release();
     }
     free(vt);
-    free(k_last);
+    free(copies);
+    free(kblocks);
+    free(sources);
     return 0;
 }
