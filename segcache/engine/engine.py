@@ -124,6 +124,7 @@ class Engine:
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.loaded = loaded or load_model(config.model, config.dtype, config.model_id, config.weights)
         runner = Runner(self.loaded, threads=torch.get_num_threads())
+        self.kernel_paths = runner.kernel_paths()
         self.batching: BatchingVerdict = _batching_verdict(config, runner)
         self.spans = _check_spans(runner, config.prefill_span_tokens)
         if self.spans.span_tokens and runner.linears_merge(config.block_tokens):

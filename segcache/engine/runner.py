@@ -87,6 +87,24 @@ class Runner:
                             fused if lean.fused is not None else f"per tensor op ({lean.fused_reason})")
         return loaded.prepared["lean"]
 
+    def kernel_paths(self) -> dict[str, str]:
+        """Which kernels serve each kind of forward, as /health reports them."""
+        if self.lean is None:
+            return {"projections": "torch", "prefill": "torch (library forward)", "decode": "torch (library forward)"}
+        quantized = self.loaded.weights.quantized
+        if quantized and self.loaded.weights.kernels == "vnni":
+            blocks = "amx-int8 tiles" if native.block_layout() == "slabs" else "avx512-vnni"
+            projections = f"{blocks} on the weights' blocks up to 16 rows, the dense weight beyond"
+        else:
+            projections = "torch weight-only" if quantized else "dense"
+        if self.lean.native_prefill:
+            projections = projections.replace("the dense weight", "amx-bf16 tiles") if quantized else "amx-bf16 tiles"
+        prefill = "amx-bf16 (linears, attention) reading matched tree blocks in place" if self.lean.native_prefill \
+            else "torch, block by block"
+        decode = "one native call per step" + (", attention on amx-bf16 tiles" if FusedDecode.amx_attention(self.lean)
+                                               else "") if self.lean.fused is not None else "torch ops per step"
+        return {"projections": projections, "prefill": prefill, "decode": decode}
+
     # ---------------------------------------------------------------- prefill
 
     @torch.inference_mode()

@@ -37,7 +37,8 @@ async def health(request: Request) -> dict:
     if services.is_admin(request) or not services.keys.multi_tenant:   # one tenant: it may see everything
         figures = services.figures()
         return {"status": "ok", "model": engine.loaded.model_id, "weights": engine.loaded.weights.format,
-                "kernels": engine.loaded.weights.kernels, "cache_enabled": services.config.cache_enabled,
+                "kernels": engine.loaded.weights.kernels, "kernel_paths": engine.kernel_paths,
+                "cache_enabled": services.config.cache_enabled,
                 "queue_depth": figures.queue_depth, "cache_bytes": figures.cache_bytes,
                 "capacity_bytes": figures.capacity_bytes, "batching": batching,
                 "prefill_span": {"tokens": engine.spans.span_tokens, "reason": engine.spans.reason},

@@ -1,6 +1,7 @@
 """The chat API through a real uvicorn server on loopback and the official openai SDK."""
 
 from segcache.cache.keys import segment_hash
+from segcache.engine import native
 
 A = "Global rules: you are one agent of a team building a web shop. Be brief. Name the file you change."
 B = "Backend skills: Python, FastAPI, PostgreSQL. You own api.py and models.py."
@@ -109,6 +110,11 @@ def test_models_and_health(openai_client, api_server):
     assert health["status"] == "ok"
     weights = api_server.engine.loaded.weights.format   # int4 on a bfloat16 CPU (auto), else float32
     assert health["weights"] == weights == openai_client.models.list().data[0].to_dict()["weights"]
+    paths = health["kernel_paths"]
+    assert set(paths) == {"projections", "prefill", "decode"}
+    if native.amx_unavailable_reason() is None and weights == "int4":   # what serves each forward here
+        assert paths["projections"].startswith("amx-int8 tiles" if native.block_layout() == "slabs" else "avx512")
+        assert paths["prefill"].startswith("amx-bf16") and paths["decode"].startswith("one native call")
 
 
 def test_tools_are_rendered_and_cached_like_a_segment(openai_client):
