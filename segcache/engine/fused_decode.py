@@ -104,23 +104,28 @@ class FusedDecode:
 
     @torch.inference_mode()
     def __call__(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,
-                 threads: int | None = None, pages: tuple[tuple[Page, ...], ...] | None = None) -> torch.Tensor:
+                 threads: int | None = None, pages: tuple[tuple[Page, ...], ...] | None = None,
+                 packs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """One token for each of B sequences: their next logits (B, V) in the model dtype; KV written.
-        `pages`: for each sequence, the tree blocks its buffer's first positions were copied from (`Page`),
-        read instead of the copies (the same values: the same bits). `threads`: a fixed count instead of
-        the chooser's (tests)."""
+        `pages`: for each sequence, the tree blocks that hold its first positions (`Page`), read in place
+        (the same values as a buffer's copies: the same bits). `packs`: for each sequence, int64 addresses
+        of its key blocks 0, 1, .. already in the AMX attention's tile order (`pack_block`; 0: none), within
+        its pages. `threads`: a fixed count instead of the chooser's (tests)."""
         num_seqs = ids.shape[0]
         x = F.embedding(ids, self.embed).float().contiguous()                  # (B, C), overwritten
         addresses = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64)
         capacities = torch.tensor([c.shape[3] for c in caches], dtype=torch.int64)
         where = torch.tensor(positions, dtype=torch.int64)
         table, counts = page_table(pages, positions, self.dtype) if pages is not None else (None, None)
+        pack_counts = None if packs is None else torch.tensor([p.shape[0] for p in packs], dtype=torch.int64)
+        packs = None if packs is None else torch.cat([*packs, torch.zeros(1, dtype=torch.int64)])
         logits = torch.empty((num_seqs, self.model.vocab), dtype=self.dtype)
         threads, started = threads or self.threads.pick(num_seqs), time.perf_counter()
         status = native.library().segcache_decode_step(
             ctypes.byref(self.model), x.data_ptr(), num_seqs, addresses.data_ptr(), capacities.data_ptr(),
             where.data_ptr(), None if table is None else table.data_ptr(),
-            None if counts is None else counts.data_ptr(), logits.data_ptr(), threads)
+            None if counts is None else counts.data_ptr(), None if packs is None else packs.data_ptr(),
+            None if pack_counts is None else pack_counts.data_ptr(), logits.data_ptr(), threads)
         self.threads.record(threads, time.perf_counter() - started, num_seqs)
         if status != 0:
             raise RuntimeError(f"fused decode refused positions {positions} (capacities {capacities.tolist()})")
@@ -132,6 +137,20 @@ class Page:
     """Positions start..start+T-1 of a sequence, held by a tree block's KV payload (L, 2, H_kv, T, D)."""
     payload: torch.Tensor
     start: int
+
+
+def pack_block(pages: tuple[Page, ...], start: int, layers: int, kv_heads: int, threads: int) -> torch.Tensor:
+    """Key block start..start+63 of a sequence, read from the pages that hold it, packed into the AMX decode
+    attention's tile order for every layer and KV head (kernels/decode.c `segcache_pack_block`): 1.5 MB for
+    the default model. A step reads it instead of packing the block again, with the same bits."""
+    rows = torch.tensor([(p.payload.data_ptr(), p.start, p.start, p.start + p.payload.shape[3], p.payload.shape[3])
+                         for p in pages], dtype=torch.int64)
+    packed = torch.empty(layers * kv_heads * 2 * 2 * 64 * 64, dtype=torch.bfloat16)
+    status = native.library().segcache_pack_block(rows.data_ptr(), len(pages), layers, kv_heads, start,
+                                                  packed.data_ptr(), threads)
+    if status != 0:
+        raise RuntimeError(f"packing refused key block {start} from pages {rows.tolist()}")
+    return packed
 
 
 def page_table(pages: tuple[tuple[Page, ...], ...], positions: tuple[int, ...], dtype: torch.dtype):

@@ -148,7 +148,7 @@ class LlamaForward:
 
     @torch.inference_mode()
     def decode(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,
-               pages: tuple[tuple, ...] | None = None) -> torch.Tensor:
+               pages: tuple[tuple, ...] | None = None, packs: tuple | None = None) -> torch.Tensor:
         """One token for each of B sequences in one forward; return each one's next logits, (B, V).
         A lone decode step is this with B = 1, so a row's bits depend on the batch only through the linears
         (whose row invariance the engine checks at start-up: engine/invariance.py).
@@ -162,11 +162,11 @@ class LlamaForward:
 
         Every per-sequence view of the buffers is cut once per step (`unbind` over layers), not once per layer.
         On block-quantized weights the whole step is one native call instead (`self.fused`), which reads each
-        sequence's cached prefix from the tree blocks in `pages` (fused_decode.Page) where given; this path
-        reads the buffers' copies of them.
+        sequence's cached prefix from the tree blocks in `pages` (fused_decode.Page) where given, and its
+        key blocks packed once in `packs` (Runner._pack_blocks); this path reads the buffers' copies of them.
         """
         if self.fused is not None:
-            return self.fused(caches, positions, ids, pages=pages)
+            return self.fused(caches, positions, ids, pages=pages, packs=packs)
         num_seqs = ids.shape[0]
         x = F.embedding(ids, self.embed)                                      # (B, C)
         index = torch.tensor(positions, dtype=torch.long)

@@ -96,7 +96,8 @@ _BLOCK_MATMUL = [_P, _I, _I64, _I64, _P, _P, _I64, _P, _I]
 _SIGNATURES = {   # every entry point of the library returns an int status: 0, or -1 for what it refused
     "segcache_q4_matmul": _BLOCK_MATMUL,
     "segcache_q8_matmul": _BLOCK_MATMUL,
-    "segcache_decode_step": [_P, _P, _I64, _P, _P, _P, _P, _P, _P, _I],
+    "segcache_decode_step": [_P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I],
+    "segcache_pack_block": [_P, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_amx_init": [],
     "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],

@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from segcache.engine import native, span_merges
-from segcache.engine.fused_decode import FusedDecode, Page, page_table
+from segcache.engine.fused_decode import FusedDecode, Page, pack_block, page_table
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 from segcache.engine.span_merges import SpanMerges
@@ -43,6 +44,9 @@ class PrefillState:
     last_logits: torch.Tensor | None     # (vocab,) logits after the last prefilled token
     pages: tuple[Page, ...] = ()         # the tree blocks that hold the buffer's first positions: forwards read
                                          # them in place, shared with every sequence that matched them
+    packed_pages: int = 0                # how many of `pages` the packs below were made from (Runner._pack_blocks)
+    packs: tuple = ()                    # key blocks 0, 1, .. of the pages in the decode attention's tile order
+    pack_addresses: torch.Tensor | None = None
 
 
 class Runner:
@@ -71,6 +75,11 @@ class Runner:
         self.num_prefill_forwards = 0    # prefill forwards run; fewer than blocks when forwards spanned several
         self.num_decode_tokens = 0
         self.num_decode_forwards = 0     # decode forwards run; fewer than decode tokens when steps were batched
+        # pages packed into the AMX decode attention's tile order, shared by every running sequence that reads
+        # the same tree block, dropped with the last one (docs/batching.md "Packed once")
+        self._packs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._decode_packs = self.lean is not None and self.lean.fused is not None \
+            and FusedDecode.amx_attention(self.lean)
 
     @staticmethod
     def _lean_forward(loaded: LoadedModel) -> LlamaForward:
@@ -255,8 +264,10 @@ class Runner:
         self._on_owner_thread()
         if self.lean is not None:
             _use_threads(1)
+            self._pack_blocks(state)
             state.last_logits = self.lean.decode((state.cache,), (state.num_tokens,),
-                                                 torch.tensor((token_id,), dtype=torch.long), (state.pages,))[0]
+                                                 torch.tensor((token_id,), dtype=torch.long), (state.pages,),
+                                                 self._packs_of((state,)))[0]
         else:
             state.last_logits = self._forward(state, (token_id,))
         state.num_tokens += 1
@@ -279,14 +290,54 @@ class Runner:
         """
         self._on_owner_thread()
         _use_threads(1)
+        for state in states:
+            self._pack_blocks(state)
         logits = self.lean.decode(tuple(s.cache for s in states), tuple(s.num_tokens for s in states),
-                                  torch.tensor(token_ids, dtype=torch.long), tuple(s.pages for s in states))  # (B, V)
+                                  torch.tensor(token_ids, dtype=torch.long), tuple(s.pages for s in states),
+                                  self._packs_of(states))                                  # (B, V)
         for state, row in zip(states, logits):
             state.last_logits = row
             state.num_tokens += 1
         self.num_decode_tokens += len(states)
         self.num_decode_forwards += 1
         return list(logits)
+
+    def _pack_blocks(self, state: PrefillState) -> None:
+        """Pack, once, the state's key blocks of 64 that its pages hold (tree blocks) into the AMX decode
+        attention's tile order (fused_decode.pack_block), or take the packs of a running sequence whose same
+        block comes from the same tree blocks. A decode step used to pack every block it read, in every step:
+        ~25% of a 16-sequence step at ~2,700 tokens of context, and a block straddling two tree blocks was
+        copied and packed for each sequence alone. A pack lives while a running sequence holds it: at most one
+        1.5 MB copy of each block that running sequences read."""
+        if not self._decode_packs or state.packed_pages == len(state.pages):
+            return
+        _, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
+        pages = state.pages[:int(counts[0])]
+        covered = pages[-1].start + pages[-1].payload.shape[3] if pages else 0
+        layers, _, kv_heads = pages[0].payload.shape[:3] if pages else (0, 0, 0)
+        packs, index = [], 0
+        for lo in range(0, covered - 63, 64):
+            while pages[index].start + pages[index].payload.shape[3] <= lo:
+                index += 1
+            last = index
+            while pages[last].start + pages[last].payload.shape[3] < lo + 64:
+                last += 1
+            holders = pages[index:last + 1]
+            key = (lo,) + tuple((p.payload.data_ptr(), p.start, p.payload.shape[3]) for p in holders)
+            packed = self._packs.get(key)
+            if packed is None:
+                packed = pack_block(holders, lo, layers, kv_heads, self.threads)
+                self._packs[key] = packed
+            packs.append(packed)
+        state.packs = tuple(packs)
+        state.pack_addresses = torch.tensor([p.data_ptr() for p in packs], dtype=torch.int64)
+        state.packed_pages = len(state.pages)
+
+    def _packs_of(self, states) -> tuple[torch.Tensor, ...] | None:
+        if not self._decode_packs:
+            return None
+        empty = torch.zeros(0, dtype=torch.int64)
+        return tuple(empty if s.pack_addresses is None else s.pack_addresses for s in states)
 
     def _on_owner_thread(self) -> None:
         """Forwards run on the thread that built the runner. Each thread that runs torch's parallel ops gets

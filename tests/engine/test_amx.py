@@ -173,7 +173,8 @@ def test_attention_refuses_what_it_does_not_take():
 def test_decode_attention_on_tiles_gives_sequences_that_share_a_prefix_their_lone_bits(load):
     """The fused decode step's attention on AMX tiles (kernels/decode.c `attend_piece_amx`): sequences that
     read the same tree block multiply its keys with all their query rows in one tile product. Each still
-    gets, bit for bit, what it gets decoded alone, or alone from its buffer's copies of the block."""
+    gets, bit for bit, what it gets decoded alone, or alone from its buffer's copies of the block (packed
+    into tile order in each step, where the tree block's tiles are packed once)."""
     from segcache.engine.fused_decode import FusedDecode
     from segcache.engine.runner import Runner
 
@@ -204,6 +205,10 @@ def test_decode_attention_on_tiles_gives_sequences_that_share_a_prefix_their_lon
 
     batched = [torch.stack(runner.decode_batch(states, first))]
     batched.append(torch.stack(runner.decode_batch(states, [int(row.argmax()) for row in batched[0]])))
+    # the shared block's whole key blocks were packed into tile order once, for all 7 agents (the pass with
+    # pages reads those packs; the pass without reads the buffer's copies and packs them every step)
+    assert all(len(s.packs) == 600 // 64 for s in states[:-1]) and not states[-1].packs
+    assert len({s.packs[0].data_ptr() for s in states[:-1]}) == 1
     for with_pages in (True, False):
         restore()
         for index, state in enumerate(states):

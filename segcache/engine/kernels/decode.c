@@ -245,6 +245,7 @@ typedef struct {                    /* one thread's scratch, for a step of B seq
     uint16_t *keys, *values;        /* a straddling block's 64 rows, copied */
     uint16_t *kt, *vt;              /* the block in tile order */
     const Page **source;            /* per sequence: the page its current block lies in, or NULL */
+    const uint16_t **packed;        /* per sequence: its current block already in tile order, or NULL */
     char *done;
 } AmxScratch;
 
@@ -304,9 +305,56 @@ static inline const uint16_t *page_row(const Model *m, const Page *page, int64_t
            + (((layer * 2 + kv) * m->kv_heads + g) * page->capacity + position - page->origin) * ATT_DIM;
 }
 
+/* Key block lo..lo+63 of a sequence for every layer and KV head in tile order, as decode_block reads it: for
+   layer l and KV head g, K's tiles (pack_kv's kt) then V's at (l * kv_heads + g) * 2 * BLOCK_ELEMENTS. */
+static inline const uint16_t *packed_tiles(const Model *m, int64_t block, int64_t layer, int64_t g) {
+    return (const uint16_t *)(uintptr_t)block + (layer * m->kv_heads + g) * 2 * BLOCK_ELEMENTS;
+}
+
+/* Packs key block lo..lo+63 of a sequence into `out` (packed_tiles' layout), read through `num_pages` page rows
+   (address, origin, from, to, capacity: (layers, 2, kv_heads, capacity, 64) tensors) that cover it, on
+   `threads`. A sequence whose matched blocks are packed once reads them so in every decode step
+   (segcache_decode_step's `packs`), instead of packing them again in each. Returns 0, or -1 when the pages
+   do not cover the block. */
+int segcache_pack_block(const int64_t *pages, int64_t num_pages, int64_t layers, int64_t kv_heads, int64_t lo,
+                        uint16_t *out, int threads) {
+    Model m = {0};
+    m.kv_heads = kv_heads;
+    m.head_dim = ATT_DIM;
+    const Page *holder[KEY_BLOCK];
+    for (int64_t j = 0; j < KEY_BLOCK; j++) {
+        holder[j] = NULL;
+        for (int64_t p = 0; p < num_pages && !holder[j]; p++) {
+            const int64_t *e = pages + 5 * p;
+            if (e[2] <= lo + j && lo + j < e[3] && e[1] <= e[2] && e[3] - e[1] <= e[4])
+                holder[j] = (const Page *)e;                /* Page's first five fields are these rows */
+        }
+        if (!holder[j])
+            return -1;
+    }
+    threads = threads < 1 ? 1 : threads;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        uint16_t keys[KEY_BLOCK * ATT_DIM] __attribute__((aligned(64)));
+        uint16_t values[KEY_BLOCK * ATT_DIM] __attribute__((aligned(64)));
+        #pragma omp for schedule(static)
+        for (int64_t item = 0; item < layers * kv_heads; item++) {
+            int64_t layer = item / kv_heads, g = item % kv_heads;
+            for (int64_t j = 0; j < KEY_BLOCK; j++) {
+                memcpy(keys + j * ATT_DIM, page_row(&m, holder[j], layer, 0, g, lo + j), ATT_DIM * 2);
+                memcpy(values + j * ATT_DIM, page_row(&m, holder[j], layer, 1, g, lo + j), ATT_DIM * 2);
+            }
+            uint16_t *kt = (uint16_t *)packed_tiles(&m, (int64_t)(uintptr_t)out, layer, g);
+            pack_kv(keys, values, 0, KEY_BLOCK, 0, 0, kt, kt + BLOCK_ELEMENTS);
+        }
+    }
+    return 0;
+}
+
 static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, const Page *table,
                              const int64_t *first, const int64_t *positions, int64_t B, int64_t layer, int64_t g,
-                             int64_t piece, const int64_t *item_start, float *partials, AmxScratch *w) {
+                             int64_t piece, const int64_t *item_start, const int64_t *packs,
+                             const int64_t *pack_first, float *partials, AmxScratch *w) {
     const int64_t group = m->heads / m->kv_heads, D = ATT_DIM;
     int64_t end = piece * PIECE;                   /* the piece's blocks run from piece * PIECE to `end` */
     for (int64_t b = 0; b < B; b++) {
@@ -327,12 +375,19 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
         for (int64_t b = 0; b < B; b++) {
             w->done[b] = positions[b] < lo;        /* sequences that do not reach the block take no part */
             w->source[b] = w->done[b] ? NULL : page_of_block(table + first[b], first[b + 1] - first[b], lo);
+            int64_t k = lo / KEY_BLOCK;
+            w->packed[b] = !w->done[b] && packs && k < pack_first[b + 1] - pack_first[b] && packs[pack_first[b] + k]
+                           ? packed_tiles(m, packs[pack_first[b] + k], layer, g) : NULL;
         }
         for (int64_t b = 0; b < B; b++) {
             if (w->done[b])
                 continue;
             const Page *page = w->source[b];
-            if (page) {
+            const uint16_t *packed = w->packed[b], *kt = packed ? packed : w->kt;
+            const uint16_t *vt = packed ? packed + BLOCK_ELEMENTS : w->vt;
+            if (packed) {
+                /* packed once for every step (segcache_pack_block) */
+            } else if (page) {
                 pack_kv(page_row(m, page, layer, 0, g, lo), page_row(m, page, layer, 1, g, lo), 0, KEY_BLOCK, 0, 0,
                         w->kt, w->vt);
             } else {                               /* the block straddles pages or ends at the position */
@@ -347,14 +402,17 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
                 }
                 pack_kv(w->keys, w->values, 0, live, 0, 0, w->kt, w->vt);
             }
-            /* this sequence's rows, and those of every later sequence that reads the block from the same page */
+            /* this sequence's rows, and those of every later sequence that reads the same packed block, or the
+               block from the same page */
             uint16_t *q[16];
             RowState *st[16];
             int seen[16], rows = 0;
             for (int64_t c = b; c < B; c++) {
-                if (w->done[c] || (c != b && (!page || !w->source[c] || w->source[c]->base != page->base
-                                              || w->source[c]->origin != page->origin
-                                              || w->source[c]->capacity != page->capacity)))
+                if (w->done[c] || (c != b && (packed ? w->packed[c] != packed
+                                              : w->packed[c] || !page || !w->source[c]
+                                                || w->source[c]->base != page->base
+                                                || w->source[c]->origin != page->origin
+                                                || w->source[c]->capacity != page->capacity)))
                     continue;
                 w->done[c] = 1;
                 for (int64_t r = 0; r < group; r++) {
@@ -362,13 +420,13 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
                     st[rows] = &w->rows[c * group + r];
                     seen[rows] = positions[c] + 1 - lo < KEY_BLOCK ? (int)(positions[c] + 1 - lo) : KEY_BLOCK;
                     if (++rows == 16) {
-                        decode_block(q, st, seen, rows, w->kt, w->vt);
+                        decode_block(q, st, seen, rows, kt, vt);
                         rows = 0;
                     }
                 }
             }
             if (rows)
-                decode_block(q, st, seen, rows, w->kt, w->vt);
+                decode_block(q, st, seen, rows, kt, vt);
         }
     }
     for (int64_t b = 0; b < B; b++) {
@@ -419,11 +477,14 @@ static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *
    capacity, D) buffers; positions: where each sequence's token goes. pages: for each sequence, page_counts[b]
    pages (5 int64 each: address, origin, from, to, capacity) that cover its positions 0..from of the next
    page, in order, ahead of its own buffer, which covers the rest; NULL: every sequence reads its buffer
-   alone. logits (B, vocab) in the KV dtype. Returns 0, or -1 for shapes the kernels do not take, pages
-   that do not tile a sequence's positions, or when memory ran out. */
+   alone. packs: NULL, or for each sequence pack_counts[b] addresses (0: none) of its key blocks 0, 1, ..
+   packed by segcache_pack_block from its pages, which the AMX attention reads instead of packing those blocks
+   (they must lie within the pages). logits (B, vocab) in the KV dtype. Returns 0, or -1 for shapes the
+   kernels do not take, pages that do not tile a sequence's positions, packs past its pages, or when memory
+   ran out. */
 int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *caches, const int64_t *capacities,
-                         const int64_t *positions, const int64_t *pages, const int64_t *page_counts, void *logits,
-                         int threads) {
+                         const int64_t *positions, const int64_t *pages, const int64_t *page_counts,
+                         const int64_t *packs, const int64_t *pack_counts, void *logits, int threads) {
     const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
     const int64_t qkv_n = (H + 2 * Hkv) * D;
     if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0
@@ -442,7 +503,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         free(table); free(first);
         return -1;
     }
-    int64_t at = 0, given = 0, tiled = 1;
+    int64_t at = 0, given = 0, tiled = 1, pack_first[B + 1];
+    pack_first[0] = 0;
     for (int64_t b = 0; b < B; b++) {
         first[b] = at;
         int64_t covered = 0;
@@ -455,6 +517,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             table[at++] = page;
         }
         table[at++] = (Page){caches[b], 0, covered, positions[b] + 1, capacities[b]};
+        pack_first[b + 1] = pack_first[b] + (packs ? pack_counts[b] : 0);
+        tiled &= !packs || (pack_counts[b] >= 0 && pack_counts[b] * KEY_BLOCK <= covered);
     }
     first[B] = at;
     if (!tiled) {
@@ -495,9 +559,10 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                               aligned_alloc(64, (size_t)(B * group * ATT_DIM) * 2),
                               aligned_alloc(64, KEY_BLOCK * ATT_DIM * 2), aligned_alloc(64, KEY_BLOCK * ATT_DIM * 2),
                               aligned_alloc(64, BLOCK_ELEMENTS * 2), aligned_alloc(64, BLOCK_ELEMENTS * 2),
-                              malloc((size_t)B * sizeof(Page *)), malloc((size_t)B)};
+                              malloc((size_t)B * sizeof(Page *)), malloc((size_t)B * sizeof(uint16_t *)),
+                              malloc((size_t)B)};
         amx_ok &= amx[t].rows && amx[t].q && amx[t].keys && amx[t].values && amx[t].kt && amx[t].vt && amx[t].source
-                  && amx[t].done;
+                  && amx[t].packed && amx[t].done;
     }
     int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && acts.qa && acts.xs && acts.aq && scores
              && item_start && partials && amx_ok;
@@ -538,7 +603,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     #pragma omp for schedule(dynamic, 1)
                     for (int64_t item = 0; item < Hkv * most_pieces; item++)
                         attend_piece_amx(m, qkv, qkv_n, table, first, positions, B, l, item / most_pieces,
-                                         item % most_pieces, item_start, partials, &amx[me]);
+                                         item % most_pieces, item_start, packs, pack_first, partials, &amx[me]);
                 } else {
                     #pragma omp for schedule(static)
                     for (int64_t item = 0; item < items; item++) {
@@ -605,7 +670,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     free(table); free(first); free(item_start); free(partials);
     for (int t = 0; amx && t < threads; t++) {
         free(amx[t].rows); free(amx[t].q); free(amx[t].keys); free(amx[t].values); free(amx[t].kt); free(amx[t].vt);
-        free(amx[t].source); free(amx[t].done);
+        free(amx[t].source); free(amx[t].packed); free(amx[t].done);
     }
     free(amx);
     return ok ? 0 : -1;
