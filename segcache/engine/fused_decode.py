@@ -139,14 +139,14 @@ class Page:
     start: int
 
 
-def pack_block(pages: tuple[Page, ...], start: int, layers: int, kv_heads: int, threads: int) -> torch.Tensor:
-    """Key block start..start+63 of a sequence, read from the pages that hold it, packed into the AMX decode
-    attention's tile order for every layer and KV head (kernels/decode.c `segcache_pack_block`): 1.5 MB for
-    the default model. A step reads it instead of packing the block again, with the same bits."""
-    rows = torch.tensor([(p.payload.data_ptr(), p.start, p.start, p.start + p.payload.shape[3], p.payload.shape[3])
-                         for p in pages], dtype=torch.int64)
+def pack_block(rows: torch.Tensor, start: int, layers: int, kv_heads: int, threads: int) -> torch.Tensor:
+    """Key block start..start+63 of a sequence, read from the pages that hold it (their `page_table` rows),
+    packed into the AMX decode attention's tile order for every layer and KV head (kernels/decode.c
+    `segcache_pack_block`): 1.5 MB for the default model. A step reads it instead of packing the block again,
+    with the same bits."""
+    rows = rows.contiguous()
     packed = torch.empty(layers * kv_heads * 2 * 2 * 64 * 64, dtype=torch.bfloat16)
-    status = native.library().segcache_pack_block(rows.data_ptr(), len(pages), layers, kv_heads, start,
+    status = native.library().segcache_pack_block(rows.data_ptr(), rows.shape[0], layers, kv_heads, start,
                                                   packed.data_ptr(), threads)
     if status != 0:
         raise RuntimeError(f"packing refused key block {start} from pages {rows.tolist()}")

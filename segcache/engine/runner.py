@@ -100,18 +100,22 @@ class Runner:
         """Which kernels serve each kind of forward, as /health reports them."""
         if self.lean is None:
             return {"projections": "torch", "prefill": "torch (library forward)", "decode": "torch (library forward)"}
-        quantized = self.loaded.weights.quantized
-        if quantized and self.loaded.weights.kernels == "vnni":
+        weights, native_prefill = self.loaded.weights, self.lean.native_prefill
+        if weights.quantized and weights.kernels == "vnni":
             blocks = "amx-int8 tiles" if native.block_layout() == "slabs" else "avx512-vnni"
-            projections = f"{blocks} on the weights' blocks up to 16 rows, the dense weight beyond"
+            beyond = "amx-bf16 tiles" if native_prefill else "the dense weight"
+            projections = f"{blocks} on the weights' blocks up to 16 rows, {beyond} beyond"
+        elif weights.quantized:
+            projections = "torch weight-only"
         else:
-            projections = "torch weight-only" if quantized else "dense"
-        if self.lean.native_prefill:
-            projections = projections.replace("the dense weight", "amx-bf16 tiles") if quantized else "amx-bf16 tiles"
-        prefill = "amx-bf16 (linears, attention) reading matched tree blocks in place" if self.lean.native_prefill \
+            projections = "amx-bf16 tiles" if native_prefill else "dense"
+        prefill = "amx-bf16 (linears, attention) reading matched tree blocks in place" if native_prefill \
             else "torch, block by block"
-        decode = "one native call per step" + (", attention on amx-bf16 tiles" if FusedDecode.amx_attention(self.lean)
-                                               else "") if self.lean.fused is not None else "torch ops per step"
+        if self.lean.fused is None:
+            decode = "torch ops per step"
+        else:
+            tiles = ", attention on amx-bf16 tiles" if FusedDecode.amx_attention(self.lean) else ""
+            decode = "one native call per step" + tiles
         return {"projections": projections, "prefill": prefill, "decode": decode}
 
     # ---------------------------------------------------------------- prefill
@@ -311,7 +315,7 @@ class Runner:
         1.5 MB copy of each block that running sequences read."""
         if not self._decode_packs or state.packed_pages == len(state.pages):
             return
-        _, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
+        table, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
         pages = state.pages[:int(counts[0])]
         covered = pages[-1].start + pages[-1].payload.shape[3] if pages else 0
         layers, _, kv_heads = pages[0].payload.shape[:3] if pages else (0, 0, 0)
@@ -322,11 +326,10 @@ class Runner:
             last = index
             while pages[last].start + pages[last].payload.shape[3] < lo + 64:
                 last += 1
-            holders = pages[index:last + 1]
-            key = (lo,) + tuple((p.payload.data_ptr(), p.start, p.payload.shape[3]) for p in holders)
+            key = (lo,) + tuple((p.payload.data_ptr(), p.start, p.payload.shape[3]) for p in pages[index:last + 1])
             packed = self._packs.get(key)
             if packed is None:
-                packed = pack_block(holders, lo, layers, kv_heads, self.threads)
+                packed = pack_block(table[index:last + 1], lo, layers, kv_heads, self.threads)
                 self._packs[key] = packed
             packs.append(packed)
         state.packs = tuple(packs)

@@ -305,6 +305,25 @@ static inline const uint16_t *page_row(const Model *m, const Page *page, int64_t
            + (((layer * 2 + kv) * m->kv_heads + g) * page->capacity + position - page->origin) * ATT_DIM;
 }
 
+/* The page of `pages` that holds position p, or NULL. */
+static const Page *page_holding(const Page *pages, int64_t num_pages, int64_t p) {
+    for (int64_t i = 0; i < num_pages; i++)
+        if (pages[i].from <= p && p < pages[i].to)
+            return &pages[i];
+    return NULL;
+}
+
+/* Rows lo..lo+live-1 of KV head g of layer `layer`, each from the page that holds it, copied into keys and
+   values (64 bfloat16 per row): a block that straddles pages, ready for pack_kv. */
+static void copy_block_rows(const Model *m, const Page *pages, int64_t num_pages, int64_t layer, int64_t g,
+                            int64_t lo, int64_t live, uint16_t *keys, uint16_t *values) {
+    for (int64_t j = 0; j < live; j++) {
+        const Page *holder = page_holding(pages, num_pages, lo + j);
+        memcpy(keys + j * ATT_DIM, page_row(m, holder, layer, 0, g, lo + j), ATT_DIM * 2);
+        memcpy(values + j * ATT_DIM, page_row(m, holder, layer, 1, g, lo + j), ATT_DIM * 2);
+    }
+}
+
 /* Key block lo..lo+63 of a sequence for every layer and KV head in tile order, as decode_block reads it: for
    layer l and KV head g, K's tiles (pack_kv's kt) then V's at (l * kv_heads + g) * 2 * BLOCK_ELEMENTS. */
 static inline const uint16_t *packed_tiles(const Model *m, int64_t block, int64_t layer, int64_t g) {
@@ -321,17 +340,13 @@ int segcache_pack_block(const int64_t *pages, int64_t num_pages, int64_t layers,
     Model m = {0};
     m.kv_heads = kv_heads;
     m.head_dim = ATT_DIM;
-    const Page *holder[KEY_BLOCK];
-    for (int64_t j = 0; j < KEY_BLOCK; j++) {
-        holder[j] = NULL;
-        for (int64_t p = 0; p < num_pages && !holder[j]; p++) {
-            const int64_t *e = pages + 5 * p;
-            if (e[2] <= lo + j && lo + j < e[3] && e[1] <= e[2] && e[3] - e[1] <= e[4])
-                holder[j] = (const Page *)e;                /* Page's first five fields are these rows */
-        }
-        if (!holder[j])
+    const Page *table = (const Page *)pages;               /* a Page is these five int64 */
+    for (int64_t p = 0; p < num_pages; p++)
+        if (table[p].origin > table[p].from || table[p].to - table[p].origin > table[p].capacity)
             return -1;
-    }
+    for (int64_t j = 0; j < KEY_BLOCK; j++)
+        if (!page_holding(table, num_pages, lo + j))
+            return -1;
     threads = threads < 1 ? 1 : threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -340,10 +355,7 @@ int segcache_pack_block(const int64_t *pages, int64_t num_pages, int64_t layers,
         #pragma omp for schedule(static)
         for (int64_t item = 0; item < layers * kv_heads; item++) {
             int64_t layer = item / kv_heads, g = item % kv_heads;
-            for (int64_t j = 0; j < KEY_BLOCK; j++) {
-                memcpy(keys + j * ATT_DIM, page_row(&m, holder[j], layer, 0, g, lo + j), ATT_DIM * 2);
-                memcpy(values + j * ATT_DIM, page_row(&m, holder[j], layer, 1, g, lo + j), ATT_DIM * 2);
-            }
+            copy_block_rows(&m, table, num_pages, layer, g, lo, KEY_BLOCK, keys, values);
             uint16_t *kt = (uint16_t *)packed_tiles(&m, (int64_t)(uintptr_t)out, layer, g);
             pack_kv(keys, values, 0, KEY_BLOCK, 0, 0, kt, kt + BLOCK_ELEMENTS);
         }
@@ -383,23 +395,16 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
             if (w->done[b])
                 continue;
             const Page *page = w->source[b];
-            const uint16_t *packed = w->packed[b], *kt = packed ? packed : w->kt;
-            const uint16_t *vt = packed ? packed + BLOCK_ELEMENTS : w->vt;
-            if (packed) {
-                /* packed once for every step (segcache_pack_block) */
+            const uint16_t *packed = w->packed[b], *kt = w->kt, *vt = w->vt;
+            if (packed) {                          /* packed once for every step (segcache_pack_block) */
+                kt = packed;
+                vt = packed + BLOCK_ELEMENTS;
             } else if (page) {
                 pack_kv(page_row(m, page, layer, 0, g, lo), page_row(m, page, layer, 1, g, lo), 0, KEY_BLOCK, 0, 0,
                         w->kt, w->vt);
             } else {                               /* the block straddles pages or ends at the position */
                 int64_t live = positions[b] + 1 - lo < KEY_BLOCK ? positions[b] + 1 - lo : KEY_BLOCK;
-                for (int64_t j = 0; j < live; j++) {
-                    const Page *holder = NULL;
-                    for (int64_t p = first[b]; p < first[b + 1] && !holder; p++)
-                        if (table[p].from <= lo + j && lo + j < table[p].to)
-                            holder = &table[p];
-                    memcpy(w->keys + j * D, page_row(m, holder, layer, 0, g, lo + j), D * 2);
-                    memcpy(w->values + j * D, page_row(m, holder, layer, 1, g, lo + j), D * 2);
-                }
+                copy_block_rows(m, table + first[b], first[b + 1] - first[b], layer, g, lo, live, w->keys, w->values);
                 pack_kv(w->keys, w->values, 0, live, 0, 0, w->kt, w->vt);
             }
             /* this sequence's rows, and those of every later sequence that reads the same packed block, or the
