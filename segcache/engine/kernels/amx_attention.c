@@ -223,6 +223,41 @@ static inline int key_block_staged(const KvRows *sources, int64_t num_sources, i
     return lo + KEY_BLOCK > rows_of(sources, num_sources, lo)->to;
 }
 
+/* S^T (64 keys x 16 queries, float32) of one key block: k its 64 rows of 64 dims, qt Q^T's two tiles. */
+static inline void block_scores(const uint16_t *qt, const uint16_t *k, float *st) {
+    _tile_loadd(4, qt, 64);
+    _tile_loadd(5, qt + 512, 64);
+    for (int nt = 0; nt < 4; nt++) {              /* keys 16 nt .. 16 nt + 15, summed over dims 0..31, 32..63 */
+        _tile_zero(0);
+        _tile_loadd(6, k + (nt * 16) * ATT_DIM, ATT_DIM * 2);
+        _tile_dpbf16ps(0, 6, 4);
+        _tile_loadd(7, k + (nt * 16) * ATT_DIM + 32, ATT_DIM * 2);
+        _tile_dpbf16ps(0, 7, 5);
+        _tile_stored(0, st + nt * 256, 64);
+    }
+}
+
+/* O^T (64 dims x 16 queries, float32) of one key block: v its V^T tiles (pack_values_t), pt P^T's two tiles. */
+static inline void block_values(const uint16_t *pt, const uint16_t *v, float *ot) {
+    _tile_loadd(4, pt, 64);
+    _tile_loadd(5, pt + 512, 64);
+    for (int dt = 0; dt < 4; dt++) {              /* dims 16 dt .. 16 dt + 15, summed over keys 0..31, 32..63 */
+        _tile_zero(0);
+        _tile_loadd(6, v + (0 * 4 + dt) * 512, 64);
+        _tile_dpbf16ps(0, 6, 4);
+        _tile_loadd(7, v + (1 * 4 + dt) * 512, 64);
+        _tile_dpbf16ps(0, 7, 5);
+        _tile_stored(0, ot + dt * 256, 64);
+    }
+}
+
+/* acc = acc * alpha + O^T on the lanes that saw the block (a dim per row, a query per lane). */
+static inline void add_block(float *acc, const float *ot, __m512 alpha, __mmask16 seen) {
+    for (int d = 0; d < ATT_DIM; d++)
+        _mm512_store_ps(acc + d * 16, _mm512_mask_fmadd_ps(_mm512_load_ps(acc + d * 16), seen, alpha,
+                                                           _mm512_load_ps(ot + d * 16)));
+}
+
 /* 16 queries (rows t0 .. t0 + 15, those below T) of head h, one query per lane: every vector below holds a
    key's (or a dim's) value for the 16 queries, so the softmax runs down the lanes, with no per-row loops
    and no reductions across a vector, and a query's lane never meets another's.
@@ -237,8 +272,8 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
                          int64_t h, int64_t heads, int64_t start, int64_t T, int64_t t0, uint16_t *out) {
     uint16_t qt[2 * 512] __attribute__((aligned(64)));         /* Q^T: dims 0..31, 32..63 */
     uint16_t pt[2 * 512] __attribute__((aligned(64)));         /* P^T: keys 0..31, 32..63 */
-    float st[KEY_BLOCK * 16] __attribute__((aligned(64)));      /* S^T, a key per row */
-    float ot[ATT_DIM * 16] __attribute__((aligned(64)));        /* this block's O^T, a dim per row */
+    float st[2][KEY_BLOCK * 16] __attribute__((aligned(64)));   /* S^T, a key per row: this block's, the next's */
+    float ot[2][ATT_DIM * 16] __attribute__((aligned(64)));     /* O^T, a dim per row: this block's, the last's */
     float acc[ATT_DIM * 16] __attribute__((aligned(64)));
     int rows = T - t0 < 16 ? (int)(T - t0) : 16;
     for (int dt = 0; dt < 2; dt++) {
@@ -255,28 +290,24 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
     const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                            23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
-    int64_t first = start + t0, last = first + rows - 1;
-    for (int64_t kb = 0; kb * KEY_BLOCK <= last; kb++) {
-        const uint16_t *k = kblocks[kb];
-        const uint16_t *v = vt + kb * BLOCK_ELEMENTS;
-        _tile_loadd(4, qt, 64);
-        _tile_loadd(5, qt + 512, 64);
-#define SCORES(nt)                                                  \
-        _tile_zero(nt);                                             \
-        _tile_loadd(6, k + (nt * 16) * ATT_DIM, ATT_DIM * 2);       \
-        _tile_dpbf16ps(nt, 6, 4);                                   \
-        _tile_loadd(7, k + (nt * 16) * ATT_DIM + 32, ATT_DIM * 2);  \
-        _tile_dpbf16ps(nt, 7, 5);                                   \
-        _tile_stored(nt, st + nt * 256, 64);
-        SCORES(0) SCORES(1) SCORES(2) SCORES(3)
-#undef SCORES
+    int64_t first = start + t0, last = first + rows - 1, blocks = last / KEY_BLOCK + 1;
+    /* The tile unit works beside the vector units: block kb + 1's scores are issued before block kb's softmax,
+       and block kb's O^T is added to acc after block kb + 1's softmax, so neither waits on the other. Every
+       block's arithmetic, and the order of the additions into acc, are those of one block after another. */
+    block_scores(qt, kblocks[0], st[0]);
+    __m512 alpha_last = _mm512_setzero_ps();
+    __mmask16 seen_last = 0;
+    for (int64_t kb = 0; kb < blocks; kb++) {
+        const float *s = st[kb & 1];
+        if (kb + 1 < blocks)
+            block_scores(qt, kblocks[kb + 1], st[(kb + 1) & 1]);
         int64_t key0 = kb * KEY_BLOCK;
         int whole = key0 + KEY_BLOCK - 1 <= first;               /* every lane sees every key */
         __mmask16 seen = causal_lanes(key0, first);
         __m512 top[4] = {m, m, m, m};
         for (int j = 0; j < KEY_BLOCK; j++) {
             __mmask16 lanes = whole ? 0xffff : causal_lanes(key0 + j, first);
-            top[j & 3] = _mm512_mask_max_ps(top[j & 3], lanes, top[j & 3], _mm512_load_ps(st + j * 16));
+            top[j & 3] = _mm512_mask_max_ps(top[j & 3], lanes, top[j & 3], _mm512_load_ps(s + j * 16));
         }
         __m512 peak = _mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3]));
         __m512 alpha = exp2_16(_mm512_mul_ps(_mm512_sub_ps(m, peak), c), 0xffff);
@@ -285,8 +316,8 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
         for (int j = 0; j < KEY_BLOCK; j += 2) {
             __mmask16 even = whole ? 0xffff : causal_lanes(key0 + j, first);
             __mmask16 odd = whole ? 0xffff : causal_lanes(key0 + j + 1, first);
-            __m512 e0 = exp2_16(_mm512_fmsub_ps(_mm512_load_ps(st + j * 16), c, shift), even);
-            __m512 e1 = exp2_16(_mm512_fmsub_ps(_mm512_load_ps(st + (j + 1) * 16), c, shift), odd);
+            __m512 e0 = exp2_16(_mm512_fmsub_ps(_mm512_load_ps(s + j * 16), c, shift), even);
+            __m512 e1 = exp2_16(_mm512_fmsub_ps(_mm512_load_ps(s + (j + 1) * 16), c, shift), odd);
             sums[j & 3] = _mm512_add_ps(sums[j & 3], e0);
             sums[(j + 1) & 3] = _mm512_add_ps(sums[(j + 1) & 3], e1);
             __m512i both = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);   /* e0 in words 0..15, e1 in 16..31 */
@@ -296,21 +327,13 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
         __m512 total = _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), _mm512_add_ps(sums[2], sums[3]));
         l = _mm512_mask_fmadd_ps(l, seen, alpha, total);
         m = _mm512_mask_mov_ps(m, seen, peak);
-        _tile_loadd(4, pt, 64);
-        _tile_loadd(5, pt + 512, 64);
-#define VALUES(dt)                                                  \
-        _tile_zero(dt);                                             \
-        _tile_loadd(6, v + (0 * 4 + dt) * 512, 64);                 \
-        _tile_dpbf16ps(dt, 6, 4);                                   \
-        _tile_loadd(7, v + (1 * 4 + dt) * 512, 64);                 \
-        _tile_dpbf16ps(dt, 7, 5);                                   \
-        _tile_stored(dt, ot + dt * 256, 64);
-        VALUES(0) VALUES(1) VALUES(2) VALUES(3)
-#undef VALUES
-        for (int d = 0; d < ATT_DIM; d++)
-            _mm512_store_ps(acc + d * 16, _mm512_mask_fmadd_ps(_mm512_load_ps(acc + d * 16), seen, alpha,
-                                                               _mm512_load_ps(ot + d * 16)));
+        if (kb > 0)                                              /* the last block's O^T, stored by now */
+            add_block(acc, ot[(kb - 1) & 1], alpha_last, seen_last);
+        block_values(pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
+        alpha_last = alpha;
+        seen_last = seen;
     }
+    add_block(acc, ot[(blocks - 1) & 1], alpha_last, seen_last);
     __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), l);
     for (int dt = 0; dt < 4; dt++) {                            /* dims 16 dt .. 16 dt + 15, a query per row */
         __m512i r[16];
