@@ -63,12 +63,18 @@ class DenseLinear:
     def dtype(self) -> torch.dtype:
         return self.weight.dtype
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, in) -> (M, out), written into `out` where given."""
         if self.amx is not None:
-            return self.amx.matmul(x)
+            return self.amx.matmul(x, out)
         if self.onednn is not None and x.shape[0]:
-            return torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            return _into(torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], ""), out)
+        return _into(F.linear(x, self.weight, self.bias), out)
+
+
+def _into(y: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """y, or y copied into `out` for kernels that cannot write into a given tensor."""
+    return y if out is None else out.copy_(y)
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:
@@ -99,13 +105,14 @@ class _QuantizedLinear:
         """Forwards of more than KERNEL_MAX_ROWS rows run on the dense weight: mergeable where that is."""
         return rows > KERNEL_MAX_ROWS and self.dense.mergeable(rows)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, in) -> (M, out), written into `out` where given."""
         if x.shape[0] > KERNEL_MAX_ROWS:
-            return self.dense(x)
-        y = self.kernel(x)
-        return y if self.dense.bias is None else y + self.dense.bias
+            return self.dense(x, out)
+        y = self.kernel(x, out)
+        return y if self.dense.bias is None else y.add_(self.dense.bias)
 
-    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+    def kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -117,8 +124,8 @@ class Int8Linear(_QuantizedLinear):
         self.codes = codes.codes.contiguous()                    # (N, K) int8
         self.scale = codes.scale.to(dense.dtype)                 # (N,) in the activations' dtype
 
-    def kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int8pack_mm(x, self.codes, self.scale)
+    def kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return _into(torch.ops.aten._weight_int8pack_mm(x, self.codes, self.scale), out)
 
     @property
     def num_bytes(self) -> int:
@@ -135,8 +142,8 @@ class Int4Linear(_QuantizedLinear):
         self.scale_zeros = torch.stack((codes.scale, codes.offset), dim=-1).transpose(0, 1).contiguous() \
             .to(dense.dtype)
 
-    def kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, INT4_GROUP, self.scale_zeros)
+    def kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return _into(torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, INT4_GROUP, self.scale_zeros), out)
 
     @property
     def num_bytes(self) -> int:
@@ -151,8 +158,8 @@ class BlockLinear(_QuantizedLinear):
         self.blocks = blocks
         self.format_name = "int4" if blocks.kind == "q4" else "int8"
 
-    def kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks.matmul(x)
+    def kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.blocks.matmul(x, out)
 
     @property
     def num_bytes(self) -> int:

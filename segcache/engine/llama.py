@@ -278,14 +278,16 @@ class _Span:
         """linear(x) for x (T, in), computed block by block, or run by run where `merges` allows: (T, out)."""
         if len(self.sizes) == 1:
             return linear(x)
-        parts = []
-        for offset, rows in self._runs(linear):
+        runs = self._runs(linear)
+        y = None if len(runs) == 1 else torch.empty((self.num_rows, linear.out_features), dtype=x.dtype)
+        for offset, rows in runs:
             if self.use_threads is not None:
                 self.use_threads(rows)
-            parts.append(linear(x[offset:offset + rows]))
+            part = linear(x[offset:offset + rows], None if y is None else y[offset:offset + rows])
+            y = part if y is None else y                    # each run writes its rows of y in place
         if self.use_threads is not None:
             self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
-        return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        return y
 
     def _runs(self, linear) -> list[tuple[int, int]]:
         """(offset, rows) of each call: a block; consecutive blocks on a row-invariant kernel (`mergeable`:

@@ -193,11 +193,11 @@ class BlockWeights:
         d, m = (t.permute(0, 2, 1).reshape(groups * 16, blocks, 1) for t in (d, m))
         return (q * d + m).view(groups * 16, self.num_in)[:self.num_out]
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype."""
+    def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype, into `out` if given (contiguous)."""
         kernels = library()
         x = x.contiguous()
-        out = torch.empty((x.shape[0], self.num_out), dtype=x.dtype)
+        out = _output(out, (x.shape[0], self.num_out), x.dtype)
         threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
         is_bf16 = int(x.dtype == torch.bfloat16)
         if self.layout == "slabs":
@@ -301,6 +301,16 @@ def _require_amx() -> None:
         raise RuntimeError(f"AMX kernels unavailable: {reason}")
 
 
+def _output(out: torch.Tensor | None, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """A kernel's output: `out` where the caller gives one (a span's rows of a larger output), checked, else
+    a new tensor."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype)
+    if tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"output {tuple(out.shape)} {out.dtype} does not take a {shape} {dtype} product")
+    return out
+
+
 class AmxWeights:
     """A dense bfloat16 weight (N, K) packed into AMX tiles (kernels/amx.c), with its bias as float32.
 
@@ -321,11 +331,11 @@ class AmxWeights:
         return weight.dtype == torch.bfloat16 and weight.dim() == 2 \
             and weight.shape[0] % 32 == 0 and weight.shape[1] % 32 == 0
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x (M, K) bfloat16 -> (M, N) bfloat16."""
+    def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, K) bfloat16 -> (M, N) bfloat16, into `out` if given (contiguous)."""
         _require_amx()
         x = x.contiguous()
-        out = torch.empty((x.shape[0], self.num_out), dtype=torch.bfloat16)
+        out = _output(out, (x.shape[0], self.num_out), torch.bfloat16)
         if x.shape[0] == 0:
             return out
         threads = _threads if x.shape[0] * self.num_out * self.num_in >= THREADED_WORK * 4 else 1

@@ -70,6 +70,22 @@ def test_a_span_runs_each_linear_over_its_blocks_in_one_call_where_rows_never_de
     assert _Span(0, (9, 128, 128, 5, 64), None, None)._runs(quantized) == [(0, 9), (9, 256), (265, 5), (270, 64)]
 
 
+def test_a_span_writes_each_run_into_its_rows_of_one_output_with_the_bits_of_a_call_per_run():
+    dense = DenseLinear(*_weights(96, 64, seed=7))
+    quantized = BlockLinear(native.pack_q8(*native.quantize_q8(dense.weight)), dense)
+    x = torch.randn((9 + 256 + 5 + 64, 64), generator=torch.Generator().manual_seed(8)).bfloat16()
+    span = _Span(0, (9, 128, 128, 5, 64), None, None)
+    runs = torch.cat([quantized(x[offset:offset + rows]) for offset, rows in span._runs(quantized)])
+    assert torch.equal(span.linear(quantized, x), runs)
+    into = torch.full((20, 96), float("nan"), dtype=torch.bfloat16)
+    assert quantized(x[:20], into) is into and torch.equal(into, quantized(x[:20]))     # the dense path
+    assert quantized(x[:5], into[:5]) is not None and torch.equal(into[:5], quantized(x[:5]))
+    with pytest.raises(ValueError, match="does not take"):
+        dense(x[:20], torch.empty((20, 96)))                                            # float32
+    with pytest.raises(ValueError, match="does not take"):
+        dense(x[:20], torch.empty((96, 40), dtype=torch.bfloat16).t())                  # not contiguous
+
+
 def test_the_kernel_is_part_of_the_cache_scope_and_can_be_turned_off(monkeypatch):
     on = plan_weights("bf16", torch.bfloat16, None).scope_name
     int4 = plan_weights("int4", torch.bfloat16, embedded_gguf_path()).scope_name
