@@ -77,12 +77,26 @@ static inline void store_amx_rows(const float *c0, const float *c1, int rows, co
 }
 
 /* One block: up to 32 rows of x (row stride ldx elements) against the 32 outputs of panel `w`
-   (two tile columns of K/32 tiles each). */
+   (two tile columns of K/32 tiles each). A block of at most 16 rows runs one row tile: a row's sums are
+   the same tile products in the same order either way, so its bits are too. */
 static void amx_block(const uint16_t *x, int64_t ldx, int rows, const uint16_t *w, int64_t ktiles,
                       const float *bias, uint16_t *y, int64_t ldy, float *scratch) {
     const uint16_t *w0 = w, *w1 = w + ktiles * 512;
     _tile_zero(0);
     _tile_zero(1);
+    if (rows <= AMX_ROWS) {
+        for (int64_t kt = 0; kt < ktiles; kt++) {
+            _tile_loadd(4, x + kt * AMX_INPUTS, ldx * 2);
+            _tile_loadd(6, w0 + kt * 512, 64);
+            _tile_loadd(7, w1 + kt * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        _tile_stored(0, scratch, 64);
+        _tile_stored(1, scratch + 256, 64);
+        store_amx_rows(scratch, scratch + 256, rows, bias, y, ldy);
+        return;
+    }
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t kt = 0; kt < ktiles; kt++) {
