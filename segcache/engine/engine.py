@@ -36,7 +36,7 @@ from segcache.cache.shared import SharedTier
 from segcache.cache.tree import SegmentTree, SharePolicy
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import CacheManager
-from segcache.engine.executor import Executor
+from segcache.engine.executor import Executor, PlannedSpan
 from segcache.engine.fused_decode import first_variant_row as first_fused_variant_row
 from segcache.engine.invariance import BatchingVerdict, decide_batching
 from segcache.engine.model import LoadedModel, load_model
@@ -248,42 +248,76 @@ class Engine:
                                     job.queued_at, job.cancelled, constraint=constraint))
 
     def _prefill_share(self, sequence: Sequence) -> None:
-        """A step's prefill: one span of blocks (up to --prefill-span-tokens, or one block where spans are
-        off), so running streams wait at most one span's forward. When a prompt finishes with room left in
-        that span, the next waiting request starts in the same step, with blocks that fit the room: short
-        turns that arrive together (agents answering at once) do not each wait a decode step. Requests still
-        begin one after another, so each matches the blocks the previous one stored."""
+        """A step's prefill: up to --prefill-span-tokens (at least one block), so running streams wait at
+        most that much prefill. When a prompt's last blocks leave room, the next waiting request begins and
+        its blocks that fit join the same forward: short turns that arrive together (agents answering at
+        once) share one pass over the weights, each row with the bits of its own forward
+        (Runner.prefill_spans). A request that would compute a block that an earlier one in the forward
+        computes too (the same blocks from its start, as agents behind one new system prompt) begins after
+        that forward instead, in a forward of its own in the same step, and matches the block from the
+        tree: as requests that run one after another do."""
         room = max(self.executor.config.prefill_span_tokens, self.executor.config.block_tokens)
         first = True
         while sequence is not None:
-            room -= self._prefill(sequence, None if first else room)
-            first = False
-            if self.scheduler.prefilling is not None or room <= 0:
-                return
-            sequence = self.scheduler.schedule().prefill
+            spans: list[PlannedSpan] = []
+            while sequence is not None:
+                if sequence.prefill is None and any(
+                        span.computes_block_of(sequence, self.executor.config.block_tokens) for span in spans):
+                    break                                # it begins after this forward
+                try:
+                    if sequence.prefill is None:
+                        self.executor.begin_prefill(sequence)
+                    span = self.executor.next_span(sequence, None if first else room)
+                except Exception as exc:  # delivered to its client; the step goes on with the others
+                    self._fail(sequence, exc)
+                    sequence = self.scheduler.schedule().prefill
+                    continue
+                first = False
+                if span.blocks:
+                    spans.append(span)
+                    room -= len(span.token_ids)
+                if not span.completes:                   # more next step (or its next block did not fit)
+                    sequence = None
+                    break
+                if span.blocks:
+                    self.scheduler.prefill_planned(sequence)
+                else:
+                    self._prefilled(sequence)            # a warm request whose every block was cached
+                sequence = self.scheduler.schedule().prefill if room > 0 else None
+            self._run_prefill(spans)
 
-    def _prefill(self, sequence: Sequence, room: int | None = None) -> int:
-        """One span of the sequence's prefill (begun if new), fitting `room` tokens if given; the tokens it
-        computed."""
-        computed = 0
+    def _run_prefill(self, spans: list[PlannedSpan]) -> None:
+        """The step's prefill forward, then each sequence's blocks cached and, where its prompt is done, its
+        report and first token."""
+        if not spans:
+            return
         try:
-            if sequence.prefill is None:
-                self.executor.begin_prefill(sequence)
-            before = sequence.state.num_tokens
-            finished = self.executor.prefill_unit(sequence, room)
-            computed = sequence.state.num_tokens - before
-            if not finished:
-                return computed
+            self.executor.runner.prefill_spans([(s.sequence.state, s.token_ids, s.sizes) for s in spans])
+        except Exception as exc:
+            for span in spans:
+                self._fail(span.sequence, exc)
+            return
+        for span in spans:
+            try:
+                self.executor.store_span(span)
+            except Exception as exc:
+                self._fail(span.sequence, exc)
+                continue
+            if span.completes:
+                self._prefilled(span.sequence)
+
+    def _prefilled(self, sequence: Sequence) -> None:
+        """The prompt is prefilled: report it, then end a request that generates nothing or start decoding."""
+        try:
             sequence.emit(self.executor.finish_prefill(sequence))
             if not sequence.generates:
                 self._end(sequence)
-                return computed
+                return
             sequence.decoder = self.executor.new_decoder(sequence)
             self.scheduler.start_decoding(sequence)
             self._choose(sequence, sequence.state.last_logits)
         except Exception as exc:
             self._fail(sequence, exc)
-        return computed
 
     def _decode(self, sequences: list[Sequence]) -> None:
         runner = self.executor.runner

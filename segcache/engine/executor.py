@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from segcache.cache.tree import MatchResult, Node, PinQuotaError
 from segcache.config import ServeConfig
@@ -21,6 +22,34 @@ from segcache.engine.prompt import Part, Prompt, PromptError, build_chat_prompt,
 from segcache.engine.request import EngineRequest, PromptReport, Receipt
 from segcache.engine.runner import Runner, kv_bytes_per_token, kv_num_bytes
 from segcache.engine.sequence import PrefillProgress, Sequence
+
+
+@dataclass(frozen=True)
+class PlannedSpan:
+    """A sequence's blocks in a step's prefill forward."""
+    sequence: Sequence
+    blocks: list[Block]
+    token_ids: tuple[int, ...]
+    start: int              # the position of its first token
+    completes: bool         # the last blocks of the prompt
+    first_block: int = 0    # the index of its first block among the prompt's
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(b.num_tokens for b in self.blocks)
+
+    def computes_block_of(self, sequence: Sequence, block_tokens: int) -> bool:
+        """Whether `sequence`, not begun, would compute one of this span's blocks too: same tenant and the
+        same blocks from the start up to one of them (it should wait and match them from the tree instead)."""
+        if sequence.tenant != self.sequence.tenant or not self.blocks:
+            return False
+        mine = self.sequence.prefill.blocks
+        theirs = plan_blocks(sequence.prompt.parts, block_tokens)
+        same = 0
+        while (same < min(len(mine), len(theirs)) and mine[same].spec.key == theirs[same].spec.key
+               and mine[same].spec.token_ids == theirs[same].spec.token_ids):
+            same += 1
+        return same > self.first_block
 
 
 class Executor:
@@ -79,24 +108,25 @@ class Executor:
             self.end_prefill(sequence)
             raise
 
-    def prefill_unit(self, sequence: Sequence, room: int | None = None) -> bool:
-        """Run the next span of blocks in one forward and cache each block as its own node. True when the
-        whole prompt is prefilled (at once for a warm request whose every block was cached). `room`: the
-        tokens left in the engine step, which the span must fit (no forward if the next block does not)."""
+    def next_span(self, sequence: Sequence, room: int | None = None) -> PlannedSpan:
+        """Take the sequence's next span of blocks for this step's forward; `room`: the tokens left in the
+        engine step, which the span must fit (no blocks if the next one does not). The forward is the
+        engine's (Runner.prefill_spans), then `store_span` caches the blocks."""
         progress = sequence.prefill
-        if not progress.units:
-            return True
-        if room is not None and progress.units[0].num_tokens > room:
-            return False
+        if not progress.units or (room is not None and progress.units[0].num_tokens > room):
+            return PlannedSpan(sequence, [], (), sequence.state.num_tokens, not progress.units)
+        first = len(progress.blocks) - len(progress.units)
         blocks = self._next_span(progress.units, room)
         ids = tuple(t for b in blocks for t in sequence.prompt.parts[b.part_index].token_ids[b.start:b.end])
-        start = sequence.state.num_tokens
-        self.runner.prefill_span(sequence.state, ids, tuple(b.num_tokens for b in blocks))
-        for block in blocks:
-            if progress.caching:
-                self._cache_block(sequence, block, start)
+        return PlannedSpan(sequence, blocks, ids, sequence.state.num_tokens, not progress.units, first)
+
+    def store_span(self, span: PlannedSpan) -> None:
+        """After the forward: cache each block of the span as its own node."""
+        start = span.start
+        for block in span.blocks:
+            if span.sequence.prefill.caching:
+                self._cache_block(span.sequence, block, start)
             start += block.num_tokens
-        return not progress.units
 
     def _next_span(self, units: deque[Block], room: int | None) -> list[Block]:
         """The next blocks one forward computes: whole blocks up to --prefill-span-tokens or `room`, whichever

@@ -147,6 +147,42 @@ class LlamaForward:
                                                 self.eps))[0]
 
     @torch.inference_mode()
+    def forward_many(self, items: list[tuple], merges=None) -> list[torch.Tensor]:
+        """Several sequences' prefill forwards as one: items (cache, start, ids, blocks, pages) as `forward`
+        takes them, on our kernels only (`native_prefill`). The linears run over every sequence's rows in one
+        call where the blocks' sizes allow (`_Span`), so the weights stream once for all of them; RoPE, the KV
+        write and the attention run per sequence against its own buffer and pages. A row's bits never depend
+        on the call, so each sequence gets those of its own forward. Returns each one's last logits (V,), each
+        from an output head call of its own row, as its own forward makes."""
+        spans = [_Span(start, blocks or (ids.shape[0],), None, merges) for _, start, ids, blocks, _ in items]
+        joint = _Span(0, tuple(size for span in spans for size in span.sizes), None, merges)
+        tables = []
+        for _, start, _, _, pages in items:
+            table, counts = page_table((pages,), (start,), self.dtype)
+            tables.append(table[:int(counts[0])] if counts[0] else None)
+        offsets = [0]
+        for span in spans:
+            offsets.append(offsets[-1] + span.num_rows)
+        x = F.embedding(torch.cat([ids for _, _, ids, _, _ in items]), self.embed)
+        delta = None
+        for index, layer in enumerate(self.layers):
+            h = native.add_rms_norm(x, delta, layer.input_norm, self.eps)
+            qkv = joint.linear(layer.qkv, h)
+            attn = torch.empty((joint.num_rows, self.num_heads * self.head_dim), dtype=torch.bfloat16)
+            for (cache, start, _, _, _), table, lo, hi in zip(items, tables, offsets, offsets[1:]):
+                keys, values = cache[index, 0], cache[index, 1]
+                native.rope_kv(qkv[lo:hi], self.cos, self.sin, start, self.num_heads, self.num_kv_heads,
+                               self.head_dim, keys, values)
+                native.amx_attention(qkv[lo:hi], keys, values, start, self.num_heads, self.num_kv_heads,
+                                     self.head_dim, table, index, out=attn[lo:hi])
+            h = native.add_rms_norm(x, joint.linear(layer.o_proj, attn), layer.post_norm, self.eps)
+            delta = joint.linear(layer.down_proj, native.silu_mul(joint.linear(layer.gate_up, h)))
+        lasts = torch.tensor([end - 1 for end in offsets[1:]])
+        normed = native.add_rms_norm(x[lasts].contiguous(), None if delta is None else delta[lasts],
+                                     self.final_norm, self.eps)
+        return [self.lm_head(normed[i:i + 1])[0] for i in range(len(items))]
+
+    @torch.inference_mode()
     def decode(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,
                pages: tuple[tuple, ...] | None = None, packs: tuple | None = None) -> torch.Tensor:
         """One token for each of B sequences in one forward; return each one's next logits, (B, V).

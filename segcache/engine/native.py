@@ -348,17 +348,18 @@ class AmxWeights:
 
 
 def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, heads: int,
-                  kv_heads: int, head_dim: int, pages: torch.Tensor | None = None, layer: int = 0) -> torch.Tensor:
+                  kv_heads: int, head_dim: int, pages: torch.Tensor | None = None, layer: int = 0,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Causal grouped-query attention of T queries at positions start.. (kernels/amx_attention.c):
     qkv (T, >= heads * head_dim) bfloat16 whose first heads * head_dim columns are the rotated queries (rows
     may be strided), keys and values (kv_heads, capacity, head_dim) filled up to start + T -> (T, heads *
     head_dim). `pages` (n, 5) int64, rows (address, origin, from, to, capacity) as fused_decode.page_table
     builds them: tree blocks (L, 2, kv_heads, capacity, head_dim), read at `layer`, that hold positions 0 ..
     the last one's `to` in place of the buffer. A query's bits depend on its q and its keys only, never on
-    the call's other queries nor on where its keys are read from."""
+    the call's other queries nor on where its keys are read from. Written into `out` where given."""
     _require_amx()
     num_rows = qkv.shape[0]
-    out = torch.empty((num_rows, heads * head_dim), dtype=torch.bfloat16)
+    out = _output(out, (num_rows, heads * head_dim), torch.bfloat16)
     if qkv.stride(1) != 1 or not keys.is_contiguous() or not values.is_contiguous():
         raise ValueError("amx_attention needs unit-stride rows and contiguous keys and values")
     num_pages = 0 if pages is None else pages.shape[0]

@@ -197,6 +197,28 @@ class Runner:
         self.num_prefill_tokens += len(token_ids)
 
     @torch.inference_mode()
+    def prefill_spans(self, spans: list[tuple[PrefillState, tuple[int, ...], tuple[int, ...]]]) -> None:
+        """Several sequences' spans, (state, token_ids, blocks) as prefill_span takes them, in one forward where
+        our kernels serve the prefill (engine/llama.py `forward_many`): their linears stream the weights
+        once for all. Every block's KV and each sequence's last logits keep the bits of its own forward.
+        Elsewhere they run one forward each."""
+        self._on_owner_thread()
+        spans = [span for span in spans if span[1]]
+        if len(spans) < 2 or self.lean is None or not self.lean.native_prefill:
+            for state, token_ids, blocks in spans:
+                self.prefill_span(state, token_ids, blocks)
+            return
+        items = [(state.cache, state.num_tokens, torch.tensor(token_ids, dtype=torch.long), blocks, state.pages)
+                 for state, token_ids, blocks in spans]
+        self._use_threads(sum(len(token_ids) for _, token_ids, _ in spans))
+        logits = self.lean.forward_many(items, self.span_merges)
+        for (state, token_ids, _), last in zip(spans, logits):
+            state.last_logits = last
+            state.num_tokens += len(token_ids)
+            self.num_prefill_tokens += len(token_ids)
+        self.num_prefill_forwards += 1
+
+    @torch.inference_mode()
     def spans_agree(self, blocks: tuple[int, ...] = SELF_CHECK_BLOCKS) -> bool:
         """The start-up check of spanned prefill: a short prompt prefilled in one span and block by block
         must give equal KV and last logits, bit for bit (blocks of 64 and more run on the runner's threads,

@@ -42,12 +42,13 @@ class Scheduler:
         self.max_batch, self.max_running_kv_bytes = max_batch, max_running_kv_bytes
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
+        self.prefilled: list[Sequence] = []   # within a step: prompts the step's prefill forward completes
         self.decoding: list[Sequence] = []
         self._lock = threading.Lock()   # only for snapshot() from other threads; the engine thread mutates
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
+        return bool(self.waiting or self.prefilling or self.prefilled or self.decoding)
 
     def add(self, sequence: Sequence) -> None:
         with self._lock:
@@ -59,10 +60,20 @@ class Scheduler:
                 self.prefilling = self.waiting.popleft()
         return Step(self.prefilling, list(self.decoding))
 
+    def prefill_planned(self, sequence: Sequence) -> None:
+        """The prefilling sequence's last blocks are in this step's forward: the next waiting one may begin."""
+        with self._lock:
+            if self.prefilling is sequence:
+                self.prefilling = None
+            self.prefilled.append(sequence)
+
     def start_decoding(self, sequence: Sequence) -> None:
         """The sequence's prefill is done and it has tokens to generate."""
         with self._lock:
-            self.prefilling = None
+            if sequence in self.prefilled:
+                self.prefilled.remove(sequence)
+            else:
+                self.prefilling = None
             self.decoding.append(sequence)
 
     def remove(self, sequence: Sequence) -> None:
@@ -70,6 +81,8 @@ class Scheduler:
         with self._lock:
             if self.prefilling is sequence:
                 self.prefilling = None
+            elif sequence in self.prefilled:
+                self.prefilled.remove(sequence)
             elif sequence in self.decoding:
                 self.decoding.remove(sequence)
             elif sequence in self.waiting:
@@ -96,7 +109,7 @@ class Scheduler:
                 and sum(s.kv_bytes for s in running) + sequence.kv_bytes <= self.max_running_kv_bytes)
 
     def _running(self) -> list[Sequence]:
-        return ([self.prefilling] if self.prefilling else []) + self.decoding
+        return ([self.prefilling] if self.prefilling else []) + self.prefilled + self.decoding
 
     def _all(self) -> list[Sequence]:
         return list(self.waiting) + self._running()

@@ -1,14 +1,17 @@
 """A step's prefill share: when a prompt finishes with room left in the step's span, the next waiting
-request starts in the same step, so short turns that arrive together do not each wait a decode step."""
+request starts in the same step and its blocks join the same forward, so short turns that arrive together
+do not each wait a decode step nor each stream the weights. A request that would compute a block that an
+earlier one in the forward computes too waits a step and matches it from the tree instead."""
 
 import asyncio
 import sys
 
 import pytest
+import torch
 
 from segcache.config import ServeConfig
 from segcache.engine.engine import Engine
-from segcache.engine.request import EngineRequest, Finished, SamplingParams
+from segcache.engine.request import EngineRequest, Finished, PromptReport, SamplingParams
 
 TOKENS = 12   # the tiny random model never picks EOS greedily: every request runs to its limit
 
@@ -40,15 +43,73 @@ def test_short_prompts_that_arrive_together_prefill_in_one_step_and_decode_toget
     async def together():
         return await asyncio.gather(*[_finished(engine, r) for r in requests])
 
-    forwards = runner.num_decode_forwards
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(5.0)     # the four jobs reach the engine's queue before its worker looks again
-    try:
-        finished = asyncio.run(together())
-    finally:
-        sys.setswitchinterval(interval)
+    forwards, prefills = runner.num_decode_forwards, runner.num_prefill_forwards
+    finished = _at_once(together)
     assert all(f.completion_tokens == TOKENS for f in finished)
     # each first token comes from its prefill's logits, then one decode forward per token for all four at
     # once; one request prefilled per step would take 3 forwards more, its stragglers decoding alone
     assert runner.num_decode_forwards - forwards == TOKENS - 1
+    # and the four prompts in one forward where our kernels run the prefill (the tiny model's head size is
+    # not theirs: one forward each)
+    assert runner.num_prefill_forwards - prefills == (1 if runner.lean.native_prefill else 4)
     engine.tree.check()
+
+
+def _at_once(run):
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)     # the jobs reach the engine's queue before its worker looks again
+    try:
+        return asyncio.run(run())
+    finally:
+        sys.setswitchinterval(interval)
+
+
+async def _events(engine: Engine, req: EngineRequest) -> list:
+    return [event async for event in engine.stream(req)]
+
+
+@pytest.fixture(scope="module")
+def native_engine(load):
+    loaded = load("default", "bfloat16")
+    engine = Engine(ServeConfig(model="default", dtype="bfloat16", cache_bytes=1 << 28), loaded=loaded)
+    if not engine.executor.runner.lean.native_prefill:
+        engine.close()
+        pytest.skip("a prefill forward of several sequences needs our AMX kernels")
+    yield engine
+    engine.close()
+
+
+def test_a_request_that_would_compute_an_earlier_ones_block_waits_a_step_and_matches_it(native_engine):
+    engine = native_engine
+    shared = " ".join(f"rule {i}: keep every answer short." for i in range(18))   # a block of 128 and a tail
+    def ask(tenant: str, question: str) -> EngineRequest:
+        return EngineRequest(tenant, "chat", messages=({"role": "system", "content": shared},
+                                                       {"role": "user", "content": question}),
+                             sampling=SamplingParams(max_tokens=TOKENS, temperature=0), keep_logits=True)
+    requests = [ask("t1", "First question?"), ask("t2", "Second question?"), ask("t1", "Third question?")]
+    runner = engine.executor.runner
+    prefills = runner.num_prefill_forwards
+
+    async def together():
+        return await asyncio.gather(*[_events(engine, r) for r in requests])
+
+    events = _at_once(together)
+    reports = [next(e for e in evs if isinstance(e, PromptReport)) for evs in events]
+    system_tokens = len(engine.executor.build_prompt(requests[0]).parts[0].token_ids)
+    assert reports[0].cached_tokens == 0 and reports[1].cached_tokens == 0     # another tenant never shares
+    assert engine.executor.config.block_tokens < system_tokens
+    assert sum(r.prompt_tokens - r.cached_tokens for r in reports) <= engine.executor.config.prefill_span_tokens
+    assert reports[2].cached_tokens == system_tokens          # matched, not computed again
+    assert runner.num_prefill_forwards - prefills == 2       # t1's first with t2's, then t1's second after it
+    for req, evs in zip(requests, events):                   # each gets the bits of its run alone, uncached
+        alone = _lone_uncached(engine, req)
+        assert evs[-1].token_ids == alone.token_ids and torch.equal(evs[-1].first_logits, alone.first_logits)
+    engine.tree.check()
+
+
+def _lone_uncached(engine: Engine, req: EngineRequest) -> Finished:
+    other = Engine(ServeConfig(model="default", dtype="bfloat16", cache_bytes=0), loaded=engine.loaded)
+    try:
+        return asyncio.run(_finished(other, req))
+    finally:
+        other.close()
