@@ -135,6 +135,12 @@ class Engine:
             merges = runner.check_span_merges(config.block_tokens, self.spans.span_tokens)
             if merges is not None:
                 self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; {merges.summary()}")
+        if self.spans.span_tokens:
+            merges = runner.check_small_merges(config.block_tokens)
+            if merges is not None and merges.small:
+                self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; blocks of up to "
+                                         f"{merges.small_limit} tokens share their quantized projections' calls "
+                                         "(start-up check: each row's bits of a call of its own)")
         self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads(),
                                                                   prefill_span_tokens=self.spans.span_tokens), runner)
 

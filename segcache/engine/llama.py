@@ -103,9 +103,11 @@ class LlamaForward:
         and the attention reads the positions that tree blocks in `pages` (fused_decode.Page, from position 0)
         hold from them, as the decode step does; elsewhere the cache must hold every position before `start`.
         """
-        span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
         if self.native_prefill:
-            return self._forward_native(cache, start, ids, span, pages)
+            # our kernels choose their own threads by a call's shape (engine/native.py): no switching per block
+            return self._forward_native(cache, start, ids, _Span(start, blocks or (ids.shape[0],), None, merges),
+                                        pages)
+        span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
         x = F.embedding(ids, self.embed)                                     # (T, C)
         cos, sin = self.cos[start:span.end, None], self.sin[start:span.end, None]   # (T, 1, D)
         masks = [self._mask(block_start, size) for block_start, size in span.blocks()]   # once per forward
@@ -311,43 +313,61 @@ class _Span:
             position += size
 
     def linear(self, linear, x: torch.Tensor) -> torch.Tensor:
-        """linear(x) for x (T, in), computed block by block, or run by run where `merges` allows: (T, out)."""
+        """linear(x) for x (T, in), computed block by block, or in calls that gather blocks where their rows keep
+        the bits of the block's own call (`_calls`): (T, out)."""
         if len(self.sizes) == 1:
             return linear(x)
-        runs = self._runs(linear)
-        y = None if len(runs) == 1 else torch.empty((self.num_rows, linear.out_features), dtype=x.dtype)
-        for offset, rows in runs:
+        calls = self._calls(linear)
+        y = None if len(calls) == 1 and len(calls[0]) == 1 else \
+            torch.empty((self.num_rows, linear.out_features), dtype=x.dtype)
+        for pieces in calls:
+            rows = sum(size for _, size in pieces)
             if self.use_threads is not None:
                 self.use_threads(rows)
-            part = linear(x[offset:offset + rows], None if y is None else y[offset:offset + rows])
-            y = part if y is None else y                    # each run writes its rows of y in place
+            if y is None:                                   # one call over every row
+                y = linear(x)
+            elif len(pieces) == 1:                          # a run writes its rows of y in place
+                linear(x[pieces[0][0]:pieces[0][0] + rows], y[pieces[0][0]:pieces[0][0] + rows])
+            else:                                           # gathered blocks: their rows back where they go
+                out, at = linear(torch.cat([x[offset:offset + size] for offset, size in pieces])), 0
+                for offset, size in pieces:
+                    y[offset:offset + size] = out[at:at + size]
+                    at += size
         if self.use_threads is not None:
             self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
         return y
 
-    def _runs(self, linear) -> list[tuple[int, int]]:
-        """(offset, rows) of each call: a block; consecutive blocks on a row-invariant kernel (`mergeable`:
-        the AMX kernel); or consecutive whole blocks the start-up check merged."""
-        runs, offset, index = [], 0, 0
+    def _calls(self, linear) -> list[list[tuple[int, int]]]:
+        """The linear's calls, each a list of (offset, rows) pieces of the span that it computes together:
+        - every block on a kernel whose rows never depend on the call (`mergeable`: the AMX kernel), in one;
+        - blocks of at most `merges.small_rows(linear)` rows on the quantized kernel whose rows the start-up
+          check found independent of the call, gathered into calls of up to that many rows (a block's rows
+          may fall into two calls);
+        - else each block alone, or a run of equal whole blocks the start-up check merged."""
+        calls, anywhere, small, offset, index = [], [], [], 0, 0
         mergeable = getattr(linear, "mergeable", None)
+        small_rows = self.merges.small_rows(linear) if self.merges is not None else 0
         while index < len(self.sizes):
-            if mergeable is not None and mergeable(self.sizes[index]):
-                # a kernel whose rows never depend on the call: every following block of the kind joins
-                rows = 0
-                while index < len(self.sizes) and mergeable(self.sizes[index]):
-                    rows, index = rows + self.sizes[index], index + 1
-                runs.append((offset, rows))
-                offset += rows
+            size = self.sizes[index]
+            if mergeable is not None and mergeable(size):
+                anywhere.append((offset, size))
+                offset, index = offset + size, index + 1
                 continue
-            size, same = self.sizes[index], 1
+            if size <= small_rows:
+                small.append((offset, size))
+                offset, index = offset + size, index + 1
+                continue
+            same = 1
             while index + same < len(self.sizes) and self.sizes[index + same] == size:
                 same += 1
             # the longest allowed run of the equal blocks that follow (a check may pass at 3 and fail at 2)
             count = next((n for n in range(same, 1, -1) if self.merges is not None
                           and self.merges.allows(linear, size, n)), 1)
-            runs.append((offset, size * count))
+            calls.append([(offset, size * count)])
             offset, index = offset + size * count, index + count
-        return runs
+        if anywhere:
+            calls.insert(0, _joined(anywhere))
+        return calls + _in_calls_of(small, small_rows)
 
     def attend(self, attend, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masks) -> torch.Tensor:
         """Each block's queries q (H, rows, D) against keys and values (H_kv, capacity, D) up to its end,
@@ -368,6 +388,34 @@ class _Span:
         if self.use_threads is not None:
             self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
         return torch.cat(parts, dim=dim)
+
+
+def _joined(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, rows) pieces with the adjacent ones joined."""
+    joined = [pieces[0]]
+    for offset, size in pieces[1:]:
+        last_offset, last_size = joined[-1]
+        if last_offset + last_size == offset:
+            joined[-1] = (last_offset, last_size + size)
+        else:
+            joined.append((offset, size))
+    return joined
+
+
+def _in_calls_of(pieces: list[tuple[int, int]], most: int) -> list[list[tuple[int, int]]]:
+    """The rows of `pieces`, in order, cut into calls of up to `most` rows."""
+    calls, call, room = [], [], most
+    for offset, size in pieces:
+        while size:
+            take = min(size, room)
+            call.append((offset, take))
+            offset, size, room = offset + take, size - take, room - take
+            if not room:
+                calls.append(_joined(call))
+                call, room = [], most
+    if call:
+        calls.append(_joined(call))
+    return calls
 
 
 class _Layer:

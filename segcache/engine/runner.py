@@ -18,13 +18,14 @@ import logging
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from segcache.engine import native, span_merges
 from segcache.engine.fused_decode import FusedDecode, Page, pack_block, page_table
+from segcache.engine.linear import KERNEL_MAX_ROWS
 from segcache.engine.llama import LlamaForward
 from segcache.engine.model import LoadedModel
 from segcache.engine.span_merges import SpanMerges
@@ -265,6 +266,34 @@ class Runner:
         if not self.spans_agree((block_tokens, block_tokens, 7)):
             self.span_merges = None
         return self.span_merges
+
+    @torch.inference_mode()
+    def check_small_merges(self, block_tokens: int) -> SpanMerges | None:
+        """The start-up check of engine/span_merges.py `check_small` on this runner's projections and threads:
+        where it passes, and the span check then still finds every block's own bits, a span's short blocks
+        share their quantized projections' calls. Returns the span merges in force (None: none). Run once per
+        loaded model, thread count and block size (about a second)."""
+        if self.lean is None:
+            return self.span_merges
+        key = f"small merges {self.threads} {block_tokens}"
+        if key not in self.loaded.prepared:
+            layer = self.lean.layers[0]
+            small = span_merges.check_small([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj],
+                                            KERNEL_MAX_ROWS, self._use_threads, self.lean.dtype)
+            if small:
+                before = self.span_merges
+                self.span_merges = self._with_small(before, block_tokens, small)
+                if not self.spans_agree((block_tokens, 5, block_tokens, 3, 9, block_tokens, 16)):
+                    small = frozenset()
+                self.span_merges = before
+            self.loaded.prepared[key] = small
+        if self.loaded.prepared[key]:
+            self.span_merges = self._with_small(self.span_merges, block_tokens, self.loaded.prepared[key])
+        return self.span_merges
+
+    @staticmethod
+    def _with_small(merges: SpanMerges | None, block_tokens: int, small: frozenset) -> SpanMerges:
+        return replace(merges or SpanMerges(block_tokens, frozenset(), 0), small=small, small_limit=KERNEL_MAX_ROWS)
 
     def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
         """A copy of the KV of positions start..end (default num_tokens: the part just prefilled), (L, 2, H, T, D)."""

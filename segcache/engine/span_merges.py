@@ -28,15 +28,28 @@ class SpanMerges:
     block_tokens: int                      # runs are of blocks of exactly this many rows
     allowed: frozenset[tuple[tuple, int]]  # (shape_key, blocks in the run)
     checked: int                           # projection shapes checked
+    small: frozenset[tuple] = frozenset()  # shape_keys whose short blocks gather into calls (check_small)
+    small_limit: int = 0                   # ... of up to this many rows, blocks of up to this many rows
 
     def allows(self, linear, block_rows: int, count: int) -> bool:
         return block_rows == self.block_tokens and (shape_key(linear), count) in self.allowed
 
+    def small_rows(self, linear) -> int:
+        """Blocks of up to this many rows may share this linear's calls of up to as many rows (0: none)."""
+        return self.small_limit if shape_key(linear) in self.small else 0
+
     def summary(self) -> str:
-        shapes = {key for key, _ in self.allowed}
-        longest = max((count for _, count in self.allowed), default=1)
-        return (f"{len(shapes)} of {self.checked} projection shapes run up to {longest} whole "
-                f"{self.block_tokens}-token blocks in one call (start-up check: the bits of one call per block)")
+        parts = []
+        if self.allowed:
+            shapes = {key for key, _ in self.allowed}
+            longest = max(count for _, count in self.allowed)
+            parts.append(f"{len(shapes)} of {self.checked} projection shapes run up to {longest} whole "
+                         f"{self.block_tokens}-token blocks in one call")
+        if self.small:
+            parts.append(f"blocks of up to {self.small_limit} tokens share the calls of {len(self.small)} "
+                         f"quantized projection shapes")
+        return "; ".join(parts or ["no runs of blocks share a call"]) + \
+            " (start-up check: the bits of one call per block)"
 
 
 def check(linears, block_tokens: int, max_count: int, use_threads: Callable[[int], None], dtype: torch.dtype,
@@ -59,3 +72,32 @@ def check(linears, block_tokens: int, max_count: int, use_threads: Callable[[int
                 if torch.equal(linear(x), per_block):
                     allowed.add((key, count))
     return SpanMerges(block_tokens, frozenset(allowed), len(seen))
+
+
+def check_small(linears, most_rows: int, use_threads: Callable[[int], None], dtype: torch.dtype,
+                seed: int = 0) -> frozenset[tuple]:
+    """The projection shapes whose calls of 1..most_rows rows give every row the bits it gets in a call of its
+    own, each call on the threads a forward of its rows runs on. For those, a span's blocks of up to most_rows
+    rows may share calls in any grouping (a block's rows included): every row keeps its own bits. The quantized
+    kernels serve short forwards (engine/linear.py), so a span of long blocks with a few short ones (a role
+    header, a short message) otherwise reads all the quantized weights once more per short block."""
+    generator = torch.Generator().manual_seed(seed)
+    agree, seen = set(), set()
+    with torch.inference_mode():
+        for linear in linears:
+            key = shape_key(linear)
+            if key in seen or not hasattr(linear, "kernel"):
+                continue
+            seen.add(key)
+            x = torch.randn((most_rows, linear.in_features), generator=generator).to(dtype)
+            use_threads(1)
+            alone = torch.cat([linear(x[i:i + 1]) for i in range(most_rows)])
+            same = True
+            for rows in range(2, most_rows + 1):
+                use_threads(rows)
+                same = same and torch.equal(linear(x[:rows]), alone[:rows])
+            backwards = torch.arange(most_rows - 1, -1, -1)                     # every row in another place
+            same = same and torch.equal(linear(x[backwards]), alone[backwards])
+            if same:
+                agree.add(key)
+    return frozenset(agree)

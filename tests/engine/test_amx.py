@@ -5,7 +5,7 @@ over all its blocks in one call, with the cache scope saying so."""
 import pytest
 import torch
 
-from segcache.engine import native
+from segcache.engine import native, span_merges
 from segcache.engine.linear import KERNEL_MAX_ROWS, BlockLinear, DenseLinear
 from segcache.engine.llama import _Span
 from segcache.engine.model import embedded_gguf_path
@@ -62,21 +62,30 @@ def test_shapes_the_kernel_does_not_take_stay_on_onednn():
 def test_a_span_runs_each_linear_over_its_blocks_in_one_call_where_rows_never_depend_on_it():
     dense = DenseLinear(*_weights(96, 64, seed=6))
     span = _Span(0, (128, 128, 99, 7), None, None)
-    assert span._runs(dense) == [(0, 362)]
+    assert span._calls(dense) == [[(0, 362)]]
     # a quantized linear runs forwards of up to KERNEL_MAX_ROWS rows on its integer kernel: those stay apart
     quantized = BlockLinear(native.pack_q8(*native.quantize_q8(dense.weight)), dense)
     assert quantized.mergeable(KERNEL_MAX_ROWS + 1) and not quantized.mergeable(KERNEL_MAX_ROWS)
-    assert span._runs(quantized) == [(0, 355), (355, 7)]
-    assert _Span(0, (9, 128, 128, 5, 64), None, None)._runs(quantized) == [(0, 9), (9, 256), (265, 5), (270, 64)]
+    assert span._calls(quantized) == [[(0, 355)], [(355, 7)]]
+    # the dense blocks gather into one call wherever they are
+    assert _Span(0, (9, 128, 128, 5, 64), None, None)._calls(quantized) == [[(9, 256), (270, 64)], [(0, 9)],
+                                                                            [(265, 5)]]
 
 
-def test_a_span_writes_each_run_into_its_rows_of_one_output_with_the_bits_of_a_call_per_run():
+def test_a_span_gives_every_block_the_bits_of_its_own_call_however_its_calls_gather_them():
     dense = DenseLinear(*_weights(96, 64, seed=7))
     quantized = BlockLinear(native.pack_q8(*native.quantize_q8(dense.weight)), dense)
-    x = torch.randn((9 + 256 + 5 + 64, 64), generator=torch.Generator().manual_seed(8)).bfloat16()
-    span = _Span(0, (9, 128, 128, 5, 64), None, None)
-    runs = torch.cat([quantized(x[offset:offset + rows]) for offset, rows in span._runs(quantized)])
-    assert torch.equal(span.linear(quantized, x), runs)
+    sizes = (9, 128, 128, 5, 64, 3, 7, 12)
+    x = torch.randn((sum(sizes), 64), generator=torch.Generator().manual_seed(8)).bfloat16()
+    alone = torch.cat([quantized(x[start:start + size]) for start, size in _Span(0, sizes, None, None).blocks()])
+    assert torch.equal(_Span(0, sizes, None, None).linear(quantized, x), alone)
+    # short blocks share calls of up to 16 rows where the start-up check finds their rows independent
+    small = span_merges.check_small([quantized], KERNEL_MAX_ROWS, lambda rows: None, torch.bfloat16)
+    assert small == {span_merges.shape_key(quantized)}
+    merges = span_merges.SpanMerges(128, frozenset(), 1, small, KERNEL_MAX_ROWS)
+    span = _Span(0, sizes, None, merges)
+    assert span._calls(quantized) == [[(9, 256), (270, 64)], [(0, 9), (265, 5), (334, 2)], [(336, 16)], [(352, 4)]]
+    assert torch.equal(span.linear(quantized, x), alone)
     into = torch.full((20, 96), float("nan"), dtype=torch.bfloat16)
     assert quantized(x[:20], into) is into and torch.equal(into, quantized(x[:20]))     # the dense path
     assert quantized(x[:5], into[:5]) is not None and torch.equal(into[:5], quantized(x[:5]))

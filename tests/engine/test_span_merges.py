@@ -16,8 +16,8 @@ def test_a_span_merges_the_longest_allowed_run_of_whole_blocks():
     linear = _Linear()
     merges = SpanMerges(128, frozenset({(shape_key(linear), 3)}), 1)   # 3 blocks agree, 2 do not
     span = _Span(0, (128, 128, 128, 128, 99, 128, 128), None, merges)
-    assert span._runs(linear) == [(0, 384), (384, 128), (512, 99), (611, 128), (739, 128)]
-    assert _Span(0, (128,) * 4, None, None)._runs(linear) == [(0, 128), (128, 128), (256, 128), (384, 128)]
+    assert span._calls(linear) == [[(0, 384)], [(384, 128)], [(512, 99)], [(611, 128)], [(739, 128)]]
+    assert _Span(0, (128,) * 4, None, None)._calls(linear) == [[(0, 128)], [(128, 128)], [(256, 128)], [(384, 128)]]
     assert not merges.allows(linear, 64, 3)                          # only blocks of the checked size
 
 
