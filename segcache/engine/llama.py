@@ -302,6 +302,7 @@ class _Span:
     def __init__(self, start: int, sizes: tuple[int, ...], use_threads: Callable[[int], None] | None, merges=None):
         self.start, self.sizes, self.use_threads = start, tuple(s for s in sizes if s) or (0,), use_threads
         self.merges = merges
+        self._plans = {}                    # _planned_calls per kind of linear
         self.num_rows = sum(self.sizes)
         self.end = start + self.num_rows
 
@@ -317,25 +318,32 @@ class _Span:
         the bits of the block's own call (`_calls`): (T, out)."""
         if len(self.sizes) == 1:
             return linear(x)
-        calls = self._calls(linear)
-        y = None if len(calls) == 1 and len(calls[0]) == 1 else \
+        calls = self._planned_calls(linear)
+        y = None if len(calls) == 1 and calls[0][2] is None else \
             torch.empty((self.num_rows, linear.out_features), dtype=x.dtype)
-        for pieces in calls:
-            rows = sum(size for _, size in pieces)
+        for offset, rows, rows_of in calls:
             if self.use_threads is not None:
                 self.use_threads(rows)
             if y is None:                                   # one call over every row
                 y = linear(x)
-            elif len(pieces) == 1:                          # a run writes its rows of y in place
-                linear(x[pieces[0][0]:pieces[0][0] + rows], y[pieces[0][0]:pieces[0][0] + rows])
+            elif rows_of is None:                           # a run writes its rows of y in place
+                linear(x[offset:offset + rows], y[offset:offset + rows])
             else:                                           # gathered blocks: their rows back where they go
-                out, at = linear(torch.cat([x[offset:offset + size] for offset, size in pieces])), 0
-                for offset, size in pieces:
-                    y[offset:offset + size] = out[at:at + size]
-                    at += size
+                y.index_copy_(0, rows_of, linear(x.index_select(0, rows_of)))
         if self.use_threads is not None:
             self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
         return y
+
+    def _planned_calls(self, linear) -> list[tuple[int, int, torch.Tensor | None]]:
+        """`_calls` as (offset, rows, None) for a run of consecutive rows, or (0, rows, the rows' indices) for
+        gathered ones; made once per kind of linear in the span (every layer has the same)."""
+        key = (linear.format_name, linear.out_features, linear.in_features)
+        if key not in self._plans:
+            self._plans[key] = [(pieces[0][0], pieces[0][1], None) if len(pieces) == 1 else
+                                (0, sum(size for _, size in pieces),
+                                 torch.cat([torch.arange(offset, offset + size) for offset, size in pieces]))
+                                for pieces in self._calls(linear)]
+        return self._plans[key]
 
     def _calls(self, linear) -> list[list[tuple[int, int]]]:
         """The linear's calls, each a list of (offset, rows) pieces of the span that it computes together:
