@@ -1,9 +1,10 @@
 """Who runs next: a FIFO queue, one sequence in prefill at a time, up to max_batch running.
 
-Each engine step asks `schedule()` for one Step: at most one prefill unit (of the oldest admitted
-sequence still prefilling) and one decode token for every sequence in decode. Prefill is one
-sequence at a time in arrival order, so a request matches the cache only after every earlier
-request has cached its parts (the same reuse as running them one after another).
+Each engine step asks `schedule()` for one Step: a prefill share (of the oldest admitted sequence still
+prefilling) and one decode token for every sequence in decode. Sequences begin prefill one at a time in
+arrival order; one whose prompt the step's prefill forward completes moves to `prefilled` at once, so the
+next may begin and join that forward (engine/engine.py `_prefill_share`, which keeps the reuse of running
+them one after another).
 
 Admission: a waiting sequence starts prefilling when none is, the running count stays within
 max_batch and the running KV buffers within max_running_kv_bytes (a lone sequence always runs).
