@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from segcache.engine import native
 from segcache.engine.fused_decode import FusedDecode, page_table
 from segcache.engine.linear import DenseLinear
+from segcache.engine.span_merges import shape_key
 from segcache.engine.weights import ProjectionBuilder
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
@@ -130,8 +131,7 @@ class LlamaForward:
         so each runs once over the whole span: the linears and the attention on AMX tiles (engine/kernels/
         amx*.c); the residual add with the next norm, RoPE with the KV write, and silu(gate) * up, each one
         float32 pass per row rounded once (kernels/rowwise.c)."""
-        table, counts = page_table((pages,), (start,), self.dtype)
-        table = table[:int(counts[0])] if counts[0] else None                # tree blocks read in place
+        table = self._tree_pages(pages, start)                               # tree blocks read in place
         x = F.embedding(ids, self.embed)                                     # (T, C), the residual stream
         delta = None                                                         # what the last layer adds to x
         for index, layer in enumerate(self.layers):
@@ -148,6 +148,12 @@ class LlamaForward:
         return self.lm_head(native.add_rms_norm(last, None if delta is None else delta[-1:], self.final_norm,
                                                 self.eps))[0]
 
+    def _tree_pages(self, pages: tuple, start: int) -> torch.Tensor | None:
+        """The page table rows (fused_decode.page_table) of the tree blocks a prefill at `start` reads in
+        place, or None when it reads none."""
+        table, counts = page_table((pages,), (start,), self.dtype)
+        return table[:int(counts[0])] if counts[0] else None
+
     @torch.inference_mode()
     def forward_many(self, items: list[tuple], merges=None) -> list[torch.Tensor]:
         """Several sequences' prefill forwards as one: items (cache, start, ids, blocks, pages) as `forward`
@@ -158,10 +164,7 @@ class LlamaForward:
         from an output head call of its own row, as its own forward makes."""
         spans = [_Span(start, blocks or (ids.shape[0],), None, merges) for _, start, ids, blocks, _ in items]
         joint = _Span(0, tuple(size for span in spans for size in span.sizes), None, merges)
-        tables = []
-        for _, start, _, _, pages in items:
-            table, counts = page_table((pages,), (start,), self.dtype)
-            tables.append(table[:int(counts[0])] if counts[0] else None)
+        tables = [self._tree_pages(pages, start) for _, start, _, _, pages in items]
         offsets = [0]
         for span in spans:
             offsets.append(offsets[-1] + span.num_rows)
@@ -337,7 +340,7 @@ class _Span:
     def _planned_calls(self, linear) -> list[tuple[int, int, torch.Tensor | None]]:
         """`_calls` as (offset, rows, None) for a run of consecutive rows, or (0, rows, the rows' indices) for
         gathered ones; made once per kind of linear in the span (every layer has the same)."""
-        key = (linear.format_name, linear.out_features, linear.in_features)
+        key = shape_key(linear)
         if key not in self._plans:
             self._plans[key] = [(pieces[0][0], pieces[0][1], None) if len(pieces) == 1 else
                                 (0, sum(size for _, size in pieces),
