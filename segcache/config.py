@@ -93,6 +93,10 @@ class ServeConfig:
     prefill_span_tokens: int = _flag(512, "tokens one prefill forward may span: consecutive whole blocks (at least one) "
                                      "run in one forward, their matmuls block by block, so small blocks stay cheap "
                                      "and answers stay bit-identical; 0 = one block per forward")
+    idle_prefill_span_tokens: int = _flag(2048, "tokens one prefill forward may span while no request is decoding "
+                                          "(none waits on the step), where a span's kernels give every row its own "
+                                          "bits (AMX): a long prompt in fewer, larger forwards; at most "
+                                          "--prefill-span-tokens elsewhere, or when this is smaller")
     disk_cache: str | None = _flag(None, "directory for the disk tier: cached KV is written behind to one file per "
                                    "node, with a SQLite manifest of the tree, the named segments and segment texts, "
                                    "so a restarted server finds them again (default: RAM only)")
@@ -130,6 +134,8 @@ class ServeConfig:
             raise ValueError("--block-tokens must be at least 1")
         if self.prefill_span_tokens < 0:
             raise ValueError("--prefill-span-tokens must not be negative")
+        if self.idle_prefill_span_tokens < 0:
+            raise ValueError("--idle-prefill-span-tokens must not be negative")
         if self.max_batch < 1:
             raise ValueError("--max-batch must be at least 1")
         if self.max_running_kv_bytes < 0:

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [(512, 0)] + [(int(b), int(s)) for b in args.blocks.split(",") for s in args.spans.split(",")]
     for block_tokens, span_tokens in rows:
         config = ServeConfig(model="default", dtype=args.dtype, block_tokens=block_tokens,
-                             prefill_span_tokens=span_tokens)
+                             prefill_span_tokens=span_tokens, idle_prefill_span_tokens=span_tokens)
         engine = Engine(config, loaded=loaded)
         try:
             cold = cold_prefill(engine, system, args.repeats)

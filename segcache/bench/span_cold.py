@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_model("default", "auto")
     system = system_message(loaded.tokenizer, 2000, "Working directory: /home/me/project-one\n")
     engines = {row: Engine(ServeConfig(model="default", block_tokens=row[0], prefill_span_tokens=row[1],
+                                       idle_prefill_span_tokens=row[1],
                                        threads=args.threads), loaded=loaded) for row in ROWS}
     seconds: dict[tuple[int, int], list[float]] = {row: [] for row in ROWS}
     try:

@@ -129,8 +129,10 @@ class Engine:
         self.spans = _check_spans(runner, config.prefill_span_tokens)
         if self.spans.span_tokens and runner.linears_merge(config.block_tokens):
             what = "linears and attention" if runner.lean.native_prefill else "linears"
+            idle = max(config.idle_prefill_span_tokens, self.spans.span_tokens)
             self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the {what} run over the whole "
-                                     "span in one call each (AMX kernels: a row's bits never depend on the call)")
+                                     "span in one call each (AMX kernels: a row's bits never depend on the call); "
+                                     f"up to {idle} tokens while no request is decoding", idle)
         elif self.spans.span_tokens:
             merges = runner.check_span_merges(config.block_tokens, self.spans.span_tokens)
             if merges is not None:
@@ -140,9 +142,11 @@ class Engine:
             if merges is not None and merges.small:
                 self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; blocks of up to "
                                          f"{merges.small_limit} tokens share their quantized projections' calls "
-                                         "(start-up check: each row's bits of a call of its own)")
-        self.executor = Executor(self.loaded, self.cache, replace(config, threads=torch.get_num_threads(),
-                                                                  prefill_span_tokens=self.spans.span_tokens), runner)
+                                         "(start-up check: each row's bits of a call of its own)",
+                                         self.spans.idle_tokens)
+        self.executor = Executor(self.loaded, self.cache, replace(
+            config, threads=torch.get_num_threads(), prefill_span_tokens=self.spans.span_tokens,
+            idle_prefill_span_tokens=max(self.spans.idle_tokens, self.spans.span_tokens)), runner)
 
     def scope(self, tenant: str) -> ScopeKey:
         scope = model_scope(self.loaded, tenant)
@@ -225,7 +229,7 @@ class Engine:
                 self._cancel(sequence)
             step = self.scheduler.schedule()
             if step.prefill is not None:
-                self._prefill_share(step.prefill)
+                self._prefill_share(step.prefill, idle=not step.decode)
             if step.decode:
                 self._decode(step.decode)
 
@@ -253,16 +257,20 @@ class Engine:
         self.scheduler.add(Sequence(job.request, prompt, job.emit, self.executor.kv_bytes(job.request, prompt),
                                     job.queued_at, job.cancelled, constraint=constraint))
 
-    def _prefill_share(self, sequence: Sequence) -> None:
+    def _prefill_share(self, sequence: Sequence, idle: bool = False) -> None:
         """A step's prefill: up to --prefill-span-tokens (at least one block), so running streams wait at
-        most that much prefill. When a prompt's last blocks leave room, the next waiting request begins and
-        its blocks that fit join the same forward: short turns that arrive together (agents answering at
+        most that much prefill; up to --idle-prefill-span-tokens when no stream decodes (`idle`): no one
+        waits on the step then (a waiting request begins only once the prompt before it is prefilled).
+        When a prompt's last blocks leave room, the next waiting request begins and its blocks that fit
+        join the same forward: short turns that arrive together (agents answering at
         once) share one pass over the weights, each row with the bits of its own forward
         (Runner.prefill_spans). A request that would compute a block that an earlier one in the forward
         computes too (the same blocks from its start, as agents behind one new system prompt) begins after
         that forward instead, in a forward of its own in the same step, and matches the block from the
         tree: as requests that run one after another do."""
-        room = max(self.executor.config.prefill_span_tokens, self.executor.config.block_tokens)
+        config = self.executor.config
+        limit = config.idle_prefill_span_tokens if idle else config.prefill_span_tokens
+        room = max(limit, config.block_tokens)
         first = True
         while sequence is not None:
             spans: list[PlannedSpan] = []
@@ -273,7 +281,7 @@ class Engine:
                 try:
                     if sequence.prefill is None:
                         self.executor.begin_prefill(sequence)
-                    span = self.executor.next_span(sequence, None if first else room)
+                    span = self.executor.next_span(sequence, None if first else room, limit)
                 except Exception as exc:  # delivered to its client; the step goes on with the others
                     self._fail(sequence, exc)
                     sequence = self.scheduler.schedule().prefill
@@ -406,6 +414,7 @@ def model_scope(loaded: LoadedModel, tenant: str) -> ScopeKey:
 class SpanVerdict:
     span_tokens: int    # what a prefill forward may span here (0: one block per forward)
     reason: str         # why, for the start-up log and /health
+    idle_tokens: int = 0    # what it may span while no request decodes (where more than span_tokens)
 
 
 def _check_spans(runner: Runner, span_tokens: int) -> SpanVerdict:

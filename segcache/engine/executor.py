@@ -108,15 +108,16 @@ class Executor:
             self.end_prefill(sequence)
             raise
 
-    def next_span(self, sequence: Sequence, room: int | None = None) -> PlannedSpan:
+    def next_span(self, sequence: Sequence, room: int | None = None, limit: int | None = None) -> PlannedSpan:
         """Take the sequence's next span of blocks for this step's forward; `room`: the tokens left in the
-        engine step, which the span must fit (no blocks if the next one does not). The forward is the
-        engine's (Runner.prefill_spans), then `store_span` caches the blocks."""
+        engine step, which the span must fit (no blocks if the next one does not); `limit`: the tokens a
+        forward may span (default --prefill-span-tokens). The forward is the engine's
+        (Runner.prefill_spans), then `store_span` caches the blocks."""
         progress = sequence.prefill
         if not progress.units or (room is not None and progress.units[0].num_tokens > room):
             return PlannedSpan(sequence, [], (), sequence.state.num_tokens, not progress.units)
         first = len(progress.blocks) - len(progress.units)
-        blocks = self._next_span(progress.units, room)
+        blocks = self._next_span(progress.units, room, limit)
         ids = tuple(t for b in blocks for t in sequence.prompt.parts[b.part_index].token_ids[b.start:b.end])
         return PlannedSpan(sequence, blocks, ids, sequence.state.num_tokens, not progress.units, first)
 
@@ -128,10 +129,11 @@ class Executor:
                 self._cache_block(span.sequence, block, start)
             start += block.num_tokens
 
-    def _next_span(self, units: deque[Block], room: int | None) -> list[Block]:
-        """The next blocks one forward computes: whole blocks up to --prefill-span-tokens or `room`, whichever
-        is less (at least one). Which blocks share a forward never changes their bits."""
-        limit = self.config.prefill_span_tokens if room is None else min(room, self.config.prefill_span_tokens)
+    def _next_span(self, units: deque[Block], room: int | None, limit: int | None = None) -> list[Block]:
+        """The next blocks one forward computes: whole blocks up to `limit` (--prefill-span-tokens) or `room`,
+        whichever is less (at least one). Which blocks share a forward never changes their bits."""
+        limit = self.config.prefill_span_tokens if limit is None else limit
+        limit = limit if room is None else min(room, limit)
         span = [units.popleft()]
         num_tokens = span[0].num_tokens
         while units and num_tokens + units[0].num_tokens <= limit:

@@ -41,7 +41,9 @@ async def health(request: Request) -> dict:
                 "cache_enabled": services.config.cache_enabled,
                 "queue_depth": figures.queue_depth, "cache_bytes": figures.cache_bytes,
                 "capacity_bytes": figures.capacity_bytes, "batching": batching,
-                "prefill_span": {"tokens": engine.spans.span_tokens, "reason": engine.spans.reason},
+                "prefill_span": {"tokens": engine.spans.span_tokens,
+                                 "idle_tokens": engine.executor.config.idle_prefill_span_tokens,
+                                 "reason": engine.spans.reason},
                 "tenants": [asdict(t) for t in figures.tenants]}
     if not request.headers.get("authorization"):
         return {"status": "ok"}

@@ -113,3 +113,54 @@ def _lone_uncached(engine: Engine, req: EngineRequest) -> Finished:
         return asyncio.run(_finished(other, req))
     finally:
         other.close()
+
+
+def test_a_prompt_spans_more_per_forward_only_while_no_stream_decodes(load):
+    """--idle-prefill-span-tokens: with no stream decoding, a long cold prompt runs in one forward; while one
+    decodes, in forwards of up to --prefill-span-tokens, so the stream waits at most that much prefill.
+    Either way its reply and first logits are those of one forward per --prefill-span-tokens span."""
+    loaded = load("tiny", "bfloat16")
+    config = ServeConfig(model="tiny", dtype="bfloat16", cache_bytes=0)
+    engine = Engine(config, loaded=loaded)
+    try:
+        if not engine.executor.runner.linears_merge(config.block_tokens):
+            pytest.skip("larger spans while idle need kernels whose rows never depend on the call (AMX)")
+        assert engine.executor.config.idle_prefill_span_tokens == config.idle_prefill_span_tokens
+        assert f"up to {config.idle_prefill_span_tokens} tokens while no request is decoding" in engine.spans.reason
+        long = EngineRequest("tenant", "chat", messages=({"role": "user", "content": "note " * 1100},),
+                             sampling=SamplingParams(max_tokens=4, temperature=0), keep_logits=True)
+        tokens = sum(len(part.token_ids) for part in engine.executor.build_prompt(long).parts)
+        assert 2 * config.prefill_span_tokens < tokens <= config.idle_prefill_span_tokens
+        runner = engine.executor.runner
+
+        before = runner.num_prefill_forwards
+        idle = asyncio.run(_finished(engine, long))
+        assert runner.num_prefill_forwards - before == 1
+
+        async def beside_a_stream():
+            stream_req = EngineRequest("tenant", "chat", messages=({"role": "user", "content": "Count slowly."},),
+                                       sampling=SamplingParams(max_tokens=400, temperature=0))
+            stream = engine.stream(stream_req)
+            async for event in stream:                  # until the stream decodes
+                if not isinstance(event, PromptReport):
+                    break
+            before = runner.num_prefill_forwards
+            finished = await _finished(engine, long)
+            forwards = runner.num_prefill_forwards - before
+            await stream.aclose()
+            return finished, forwards
+
+        busy, forwards = asyncio.run(beside_a_stream())
+        assert forwards >= 3                            # spans of at most --prefill-span-tokens
+        narrow = Engine(ServeConfig(model="tiny", dtype="bfloat16", cache_bytes=0, idle_prefill_span_tokens=0),
+                        loaded=loaded)
+        try:
+            assert narrow.executor.config.idle_prefill_span_tokens == config.prefill_span_tokens
+            reference = asyncio.run(_finished(narrow, long))
+        finally:
+            narrow.close()
+        for finished in (idle, busy):
+            assert finished.token_ids == reference.token_ids
+            assert torch.equal(finished.first_logits, reference.first_logits)
+    finally:
+        engine.close()

@@ -93,6 +93,9 @@ def test_the_engine_spans_only_what_its_check_and_flag_allow(load, span_tokens):
     try:
         assert engine.spans.span_tokens == span_tokens
         assert engine.executor.config.prefill_span_tokens == span_tokens
+        idle = engine.executor.config.idle_prefill_span_tokens
+        merge = span_tokens and engine.executor.runner.linears_merge(engine.executor.config.block_tokens)
+        assert idle == (max(span_tokens, ServeConfig().idle_prefill_span_tokens) if merge else span_tokens)
         assert ("bit-identical" if span_tokens else "one block per forward") in engine.spans.reason
     finally:
         engine.close()
