@@ -63,13 +63,22 @@ class DenseLinear:
     def dtype(self) -> torch.dtype:
         return self.weight.dtype
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, in) -> (M, out), written into `out` where given."""
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, rows: torch.Tensor | None = None) \
+            -> torch.Tensor:
+        """x (M, in) -> (M, out), written into `out` where given; with `rows` (int64 indices), only those rows
+        of x, each into the same row of `out`, as a call of those rows gathered would compute them."""
+        if rows is not None:
+            return self.amx.matmul(x, out, rows) if self.amx is not None else _gathered(self, x, out, rows)
         if self.amx is not None:
             return self.amx.matmul(x, out)
         if self.onednn is not None and x.shape[0]:
             return _into(torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], ""), out)
         return _into(F.linear(x, self.weight, self.bias), out)
+
+
+def _gathered(linear, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`linear` of x's rows `rows` as one call, each written back into the same row of `out`."""
+    return out.index_copy_(0, rows, linear(x.index_select(0, rows)))
 
 
 def _into(y: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -105,8 +114,12 @@ class _QuantizedLinear:
         """Forwards of more than KERNEL_MAX_ROWS rows run on the dense weight: mergeable where that is."""
         return rows > KERNEL_MAX_ROWS and self.dense.mergeable(rows)
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, in) -> (M, out), written into `out` where given."""
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, rows: torch.Tensor | None = None) \
+            -> torch.Tensor:
+        """x (M, in) -> (M, out), written into `out` where given; with `rows`, only those rows of x, each into
+        the same row of `out` (DenseLinear). Which kernel runs depends on the call's row count M alone."""
+        if rows is not None:
+            return self.dense(x, out, rows) if rows.numel() > KERNEL_MAX_ROWS else _gathered(self, x, out, rows)
         if x.shape[0] > KERNEL_MAX_ROWS:
             return self.dense(x, out)
         y = self.kernel(x, out)

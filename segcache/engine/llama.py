@@ -331,8 +331,8 @@ class _Span:
                 y = linear(x)
             elif rows_of is None:                           # a run writes its rows of y in place
                 linear(x[offset:offset + rows], y[offset:offset + rows])
-            else:                                           # gathered blocks: their rows back where they go
-                y.index_copy_(0, rows_of, linear(x.index_select(0, rows_of)))
+            else:                                           # gathered blocks, read and written in place
+                linear(x, y, rows_of)
         if self.use_threads is not None:
             self.use_threads(self.num_rows)     # back to the span's threads for its row-wise ops
         return y

@@ -100,6 +100,7 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_pack_block": [_P, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_amx_init": [],
     "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
+    "segcache_amx_matmul_rows": [_P, _P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
     "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
@@ -331,20 +332,46 @@ class AmxWeights:
         return weight.dtype == torch.bfloat16 and weight.dim() == 2 \
             and weight.shape[0] % 32 == 0 and weight.shape[1] % 32 == 0
 
-    def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, K) bfloat16 -> (M, N) bfloat16, into `out` if given (contiguous)."""
+    def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, K) bfloat16 -> (M, N) bfloat16, into `out` if given (contiguous). With `rows` (int64 row
+        indices), only those rows of x, each product written to the same row of `out` (required), in place:
+        what the same rows gathered into a call of their own get, bit for bit."""
         _require_amx()
         x = x.contiguous()
+        if rows is not None:
+            return self._matmul_rows(x, out, rows)
         out = _output(out, (x.shape[0], self.num_out), torch.bfloat16)
         if x.shape[0] == 0:
             return out
-        threads = _threads if x.shape[0] * self.num_out * self.num_in >= THREADED_WORK * 4 else 1
+        threads = self._threads(x.shape[0])
         status = library().segcache_amx_matmul(x.data_ptr(), x.shape[0], self.num_in, self.packed.data_ptr(),
                                                None if self.bias is None else self.bias.data_ptr(),
                                                self.num_out, out.data_ptr(), threads)
         if status != 0:
             raise RuntimeError(f"AMX kernel refused a ({x.shape[0]}, {self.num_in}) input")
         return out
+
+    def _matmul_rows(self, x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        if out is None or out.dtype != torch.bfloat16 or not out.is_contiguous() or out.dim() != 2 \
+                or out.shape[1] != self.num_out:
+            raise ValueError(f"a call on rows needs a contiguous (.., {self.num_out}) bfloat16 output")
+        if rows.dtype != torch.int64 or rows.dim() != 1 or not rows.is_contiguous():
+            raise ValueError("rows must be a contiguous 1-D int64 tensor")
+        if rows.numel() == 0:
+            return out
+        if int(rows.min()) < 0 or int(rows.max()) >= min(x.shape[0], out.shape[0]):
+            raise ValueError(f"rows must lie within the input's {x.shape[0]} and the output's {out.shape[0]} rows")
+        status = library().segcache_amx_matmul_rows(x.data_ptr(), rows.data_ptr(), rows.numel(), self.num_in,
+                                                    self.packed.data_ptr(),
+                                                    None if self.bias is None else self.bias.data_ptr(),
+                                                    self.num_out, out.data_ptr(), self._threads(rows.numel()))
+        if status != 0:
+            raise RuntimeError(f"AMX kernel refused {rows.numel()} rows of a ({x.shape[0]}, {self.num_in}) input")
+        return out
+
+    def _threads(self, num_rows: int) -> int:
+        return _threads if num_rows * self.num_out * self.num_in >= THREADED_WORK * 4 else 1
 
 
 def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, heads: int,

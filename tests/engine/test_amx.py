@@ -50,6 +50,28 @@ def test_every_row_gets_its_own_bits_in_any_call_at_any_place_on_any_threads():
         native.set_threads(saved)
 
 
+def test_a_call_on_named_rows_reads_and_writes_them_in_place_with_their_own_bits():
+    weight, bias = _weights(960, 576, seed=6, bias=True)
+    amx = native.AmxWeights(weight, bias)
+    x = torch.randn((200, 576), generator=torch.Generator().manual_seed(7)).bfloat16()
+    alone = amx.matmul(x)
+    # runs of blocks (one 32-row tile block inside a run, others across two), a lone row, the rows reversed
+    for rows in (list(range(3, 40)) + list(range(90, 170)), [150], list(range(199, 120, -1))):
+        index = torch.tensor(rows, dtype=torch.int64)
+        out = torch.full((200, 960), 7.0, dtype=torch.bfloat16)
+        assert amx.matmul(x, out, index) is out
+        assert torch.equal(out[index], alone[index])
+        untouched = torch.ones(200, dtype=torch.bool)
+        untouched[index] = False
+        assert (out[untouched] == 7.0).all()                       # no other row written
+    out = torch.zeros((200, 960), dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="within"):
+        amx.matmul(x, out, torch.tensor([0, 200]))
+    with pytest.raises(ValueError, match="output"):
+        amx.matmul(x, None, torch.tensor([0, 1]))
+    assert (out == 0).all()
+
+
 def test_shapes_the_kernel_does_not_take_stay_on_onednn():
     assert not native.AmxWeights.takes(torch.zeros((96, 48), dtype=torch.bfloat16))     # K not a multiple of 32
     assert not native.AmxWeights.takes(torch.zeros((80, 64), dtype=torch.bfloat16))     # N not a multiple of 32
