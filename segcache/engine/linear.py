@@ -119,7 +119,7 @@ class _QuantizedLinear:
         """x (M, in) -> (M, out), written into `out` where given; with `rows`, only those rows of x, each into
         the same row of `out` (DenseLinear). Which kernel runs depends on the call's row count M alone."""
         if rows is not None:
-            return self.dense(x, out, rows) if rows.numel() > KERNEL_MAX_ROWS else _gathered(self, x, out, rows)
+            return self.dense(x, out, rows) if rows.numel() > KERNEL_MAX_ROWS else self.kernel_rows(x, out, rows)
         if x.shape[0] > KERNEL_MAX_ROWS:
             return self.dense(x, out)
         y = self.kernel(x, out)
@@ -127,6 +127,10 @@ class _QuantizedLinear:
 
     def kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def kernel_rows(self, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The integer kernel (and bias) on x's rows `rows` as one call, each into the same row of `out`."""
+        return _gathered(self, x, out, rows)
 
 
 class Int8Linear(_QuantizedLinear):
@@ -173,6 +177,11 @@ class BlockLinear(_QuantizedLinear):
 
     def kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return self.blocks.matmul(x, out)
+
+    def kernel_rows(self, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.blocks.layout == "slabs" and self.dense.bias is None:    # read and written in place
+            return self.blocks.matmul(x, out, rows)
+        return super().kernel_rows(x, out, rows)
 
     @property
     def num_bytes(self) -> int:

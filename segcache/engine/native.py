@@ -102,6 +102,7 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_matmul_rows": [_P, _P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
+    "segcache_amx_q_matmul_rows": [_I, _P, _P, _I, _I64, _I64, _P, _I64, _P, _I],
     "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
     "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
@@ -194,10 +195,15 @@ class BlockWeights:
         d, m = (t.permute(0, 2, 1).reshape(groups * 16, blocks, 1) for t in (d, m))
         return (q * d + m).view(groups * 16, self.num_in)[:self.num_out]
 
-    def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype, into `out` if given (contiguous)."""
+    def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype, into `out` if given (contiguous). With `rows`
+        (int64 row indices; the "slabs" layout), only those rows of x, each product written to the same row
+        of `out` (required): what the same rows gathered into a call of their own get, bit for bit."""
         kernels = library()
         x = x.contiguous()
+        if rows is not None:
+            return self._matmul_rows(x, out, rows)
         out = _output(out, (x.shape[0], self.num_out), x.dtype)
         threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
         is_bf16 = int(x.dtype == torch.bfloat16)
@@ -213,6 +219,33 @@ class BlockWeights:
         if status != 0:
             raise RuntimeError(f"{self.kind} kernel refused a ({x.shape[0]}, {self.num_in}) input")
         return out
+
+    def _matmul_rows(self, x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        if self.layout != "slabs":
+            raise ValueError("a call on rows needs the AMX slabs layout")
+        _check_rows(x, out, rows, self.num_out, x.dtype)
+        if rows.numel() == 0:
+            return out
+        threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
+        status = library().segcache_amx_q_matmul_rows(int(self.kind == "q8"), x.data_ptr(), rows.data_ptr(),
+                                                      int(x.dtype == torch.bfloat16), rows.numel(), self.num_in,
+                                                      self.codes.data_ptr(), self.num_out, out.data_ptr(), threads)
+        if status != 0:
+            raise RuntimeError(f"{self.kind} kernel refused {rows.numel()} rows of a ({x.shape[0]}, {self.num_in}) "
+                               "input")
+        return out
+
+
+def _check_rows(x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor, num_out: int,
+                dtype: torch.dtype) -> None:
+    """A call on named rows writes into `out` in place: a contiguous (.., num_out) output and row indices within
+    both x and out, or a ValueError (the kernel trusts them)."""
+    if out is None or out.dtype != dtype or not out.is_contiguous() or out.dim() != 2 or out.shape[1] != num_out:
+        raise ValueError(f"a call on rows needs a contiguous (.., {num_out}) {dtype} output")
+    if rows.dtype != torch.int64 or rows.dim() != 1 or not rows.is_contiguous():
+        raise ValueError("rows must be a contiguous 1-D int64 tensor")
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= min(x.shape[0], out.shape[0])):
+        raise ValueError(f"rows must lie within the input's {x.shape[0]} and the output's {out.shape[0]} rows")
 
 
 def block_layout() -> str:
@@ -353,15 +386,9 @@ class AmxWeights:
         return out
 
     def _matmul_rows(self, x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        if out is None or out.dtype != torch.bfloat16 or not out.is_contiguous() or out.dim() != 2 \
-                or out.shape[1] != self.num_out:
-            raise ValueError(f"a call on rows needs a contiguous (.., {self.num_out}) bfloat16 output")
-        if rows.dtype != torch.int64 or rows.dim() != 1 or not rows.is_contiguous():
-            raise ValueError("rows must be a contiguous 1-D int64 tensor")
+        _check_rows(x, out, rows, self.num_out, torch.bfloat16)
         if rows.numel() == 0:
             return out
-        if int(rows.min()) < 0 or int(rows.max()) >= min(x.shape[0], out.shape[0]):
-            raise ValueError(f"rows must lie within the input's {x.shape[0]} and the output's {out.shape[0]} rows")
         status = library().segcache_amx_matmul_rows(x.data_ptr(), rows.data_ptr(), rows.numel(), self.num_in,
                                                     self.packed.data_ptr(),
                                                     None if self.bias is None else self.bias.data_ptr(),

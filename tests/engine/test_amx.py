@@ -70,6 +70,15 @@ def test_a_call_on_named_rows_reads_and_writes_them_in_place_with_their_own_bits
     with pytest.raises(ValueError, match="output"):
         amx.matmul(x, None, torch.tensor([0, 1]))
     assert (out == 0).all()
+    # and the integer kernel's calls of up to 16 rows (a span's short blocks gathered)
+    dense = DenseLinear(weight)
+    quantized = BlockLinear(native.pack_q8(*native.quantize_q8(weight)), dense)
+    for rows in ([5, 6, 7, 40, 41, 199], [17], list(range(60, 44, -1))):
+        index = torch.tensor(rows, dtype=torch.int64)
+        out = torch.full((200, 960), 7.0, dtype=torch.bfloat16)
+        assert quantized(x, out, index) is out
+        assert torch.equal(out[index], quantized(x[index]))
+        assert (out.index_fill(0, index, 7.0) == 7.0).all()
 
 
 def test_shapes_the_kernel_does_not_take_stay_on_onednn():

@@ -276,8 +276,9 @@ static void aq_rows(int q8, const int8_t *q, const float *dx, const float *xs, i
 
 /* x (M, K) bfloat16 or float32, contiguous; packed as above for N outputs; y (M, N) in x's dtype. Returns
    0, or -1 if K is not a multiple of 32 (64 for Q4) or memory ran out. */
-int segcache_amx_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t K, const uint8_t *packed,
-                          int64_t N, void *y, int threads) {
+/* y = x W^T for M rows of x, row m read from x's row rows[m] (rows NULL: row m), into y (M, N). */
+static int aq_matmul(int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
+                     const uint8_t *packed, int64_t N, void *y, int threads) {
     if (M <= 0 || K % (q8 ? AQ_IN : 64) || N <= 0)
         return -1;
     const int64_t blocks = K / AQ_IN, groups = (N + AQ_OUT - 1) / AQ_OUT;
@@ -288,7 +289,7 @@ int segcache_amx_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t
         return -1;
     }
     for (int64_t m = 0; m < M; m++)
-        aq_quantize_row(x, is_bf16, m * K, K, q + m * K, dx + m * blocks, xs + m * blocks);
+        aq_quantize_row(x, is_bf16, (rows ? rows[m] : m) * K, K, q + m * K, dx + m * blocks, xs + m * blocks);
     threads = threads < 1 ? 1 : threads;
     int ok = 1;
     #pragma omp parallel num_threads(threads) if (threads > 1) reduction(&& : ok)
@@ -305,4 +306,28 @@ int segcache_amx_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t
     }
     free(q); free(dx); free(xs);
     return ok ? 0 : -1;
+}
+
+int segcache_amx_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t K, const uint8_t *packed,
+                          int64_t N, void *y, int threads) {
+    return aq_matmul(q8, x, NULL, is_bf16, M, K, packed, N, y, threads);
+}
+
+/* The same for the M rows of x (.., K) that `rows` names, each product written to the same row of y (.., N):
+   a span's short blocks gathered into one call without copying them out and back (engine/llama.py `_Span`).
+   The caller keeps the indices within both. */
+int segcache_amx_q_matmul_rows(int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
+                               const uint8_t *packed, int64_t N, void *y, int threads) {
+    size_t size = is_bf16 ? 2 : 4;
+    if (!rows || M <= 0)
+        return -1;
+    char *products = aligned_alloc(64, ((size_t)(M * N) * size + 63) / 64 * 64);
+    if (!products)
+        return -1;
+    int status = aq_matmul(q8, x, rows, is_bf16, M, K, packed, N, products, threads);
+    if (status == 0)
+        for (int64_t m = 0; m < M; m++)
+            memcpy((char *)y + (size_t)rows[m] * N * size, products + (size_t)m * N * size, (size_t)N * size);
+    free(products);
+    return status;
 }
