@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from segcache.cache.tree import MatchResult, Node, PinQuotaError
 from segcache.config import ServeConfig
 from segcache.engine.cache_manager import Acquired, CacheManager
-from segcache.engine.blocks import Block, cached_tokens_per_part, complete_parts, plan_blocks
+from segcache.engine.blocks import Block, cached_tokens_per_part, complete_parts
 from segcache.engine.decoding import Decoder
 from segcache.engine.constraint import Constraint, GrammarCompiler
 from segcache.engine.model import LoadedModel
@@ -44,7 +44,7 @@ class PlannedSpan:
         if sequence.tenant != self.sequence.tenant or not self.blocks:
             return False
         mine = self.sequence.prefill.blocks
-        theirs = plan_blocks(sequence.prompt.parts, block_tokens)
+        theirs = sequence.blocks(block_tokens)
         same = 0
         while (same < min(len(mine), len(theirs)) and mine[same].spec.key == theirs[same].spec.key
                and mine[same].spec.token_ids == theirs[same].spec.token_ids):
@@ -92,7 +92,7 @@ class Executor:
     def begin_prefill(self, sequence: Sequence) -> None:
         """Match and lock the cached chain of blocks, load it into a fresh KV buffer, plan the blocks left."""
         request, prompt = sequence.request, sequence.prompt
-        blocks = plan_blocks(prompt.parts, self.config.block_tokens)
+        blocks = sequence.blocks(self.config.block_tokens)
         specs = [b.spec for b in blocks]
         # The last block of a generating request is always computed: its logits start the reply.
         matchable = specs if not sequence.generates else specs[:-1]

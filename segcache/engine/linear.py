@@ -20,6 +20,8 @@ independent of each other (`is_row_invariant` checks it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -188,11 +190,22 @@ class BlockLinear(_QuantizedLinear):
         return self.blocks.num_bytes
 
 
-def is_row_invariant(linear, batch_sizes=range(1, KERNEL_MAX_ROWS + 1), seed: int = 0) -> bool:
+def is_row_invariant(linear, batch_sizes=range(1, KERNEL_MAX_ROWS + 1), seed: int = 0,
+                     use_threads: Callable[[int], None] | None = None, reordered: bool = False) -> bool:
     """Whether every row of a batch gets the bits it gets alone, for each batch size (a start-up check
-    for batched decode: a request's answer must not depend on who shares its forward)."""
+    for batched decode: a request's answer must not depend on who shares its forward). `use_threads(rows)`
+    sets the threads a call of that many rows runs on; `reordered`: the largest batch in reverse order
+    too, so every row also sits in another place."""
     generator = torch.Generator().manual_seed(seed)
     dtype = linear.dense.dtype if isinstance(linear, _QuantizedLinear) else linear.dtype
     rows = torch.randn((max(batch_sizes), linear.in_features), generator=generator).to(dtype)
+    if use_threads is not None:
+        use_threads(1)
     alone = torch.cat([linear(rows[i:i + 1]) for i in range(rows.shape[0])])
-    return all(torch.equal(linear(rows[:size]), alone[:size]) for size in batch_sizes)
+    for size in batch_sizes:
+        if use_threads is not None:
+            use_threads(size)
+        if not torch.equal(linear(rows[:size]), alone[:size]):
+            return False
+    backwards = torch.arange(rows.shape[0] - 1, -1, -1)
+    return not reordered or torch.equal(linear(rows[backwards]), alone[backwards])

@@ -279,7 +279,7 @@ class Runner:
         if key not in self.loaded.prepared:
             layer = self.lean.layers[0]
             small = span_merges.check_small([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj],
-                                            KERNEL_MAX_ROWS, self._use_threads, self.lean.dtype)
+                                            KERNEL_MAX_ROWS, self._use_threads)
             if small:
                 before = self.span_merges
                 self.span_merges = self._with_small(before, block_tokens, small)

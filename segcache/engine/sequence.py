@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from segcache.cache.tree import Node
-from segcache.engine.blocks import Block
+from segcache.engine.blocks import Block, plan_blocks
 from segcache.engine.cache_manager import Acquired
 from segcache.engine.constraint import Constraint
 from segcache.engine.decoding import Decoder
@@ -49,6 +49,14 @@ class Sequence:
     state: PrefillState | None = None
     decoder: Decoder | None = None
     constraint: Constraint | None = None   # the reply's grammar (JSON schema, tool calls), if any
+    _blocks: list[Block] | None = field(default=None, repr=False)
+
+    def blocks(self, block_tokens: int) -> list[Block]:
+        """The prompt's blocks (engine/blocks.py `plan_blocks`), planned once: whether it may join a step's
+        forward and its prefill both read them."""
+        if self._blocks is None:
+            self._blocks = plan_blocks(self.prompt.parts, block_tokens)
+        return self._blocks
 
     @property
     def tenant(self) -> str:

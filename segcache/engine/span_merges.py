@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from segcache.engine.linear import is_row_invariant
+
 
 def shape_key(linear) -> tuple:
     """What decides a linear's kernel: its format and shape (the weights' values do not)."""
@@ -74,14 +76,13 @@ def check(linears, block_tokens: int, max_count: int, use_threads: Callable[[int
     return SpanMerges(block_tokens, frozenset(allowed), len(seen))
 
 
-def check_small(linears, most_rows: int, use_threads: Callable[[int], None], dtype: torch.dtype,
-                seed: int = 0) -> frozenset[tuple]:
+def check_small(linears, most_rows: int, use_threads: Callable[[int], None], seed: int = 0) -> frozenset[tuple]:
     """The projection shapes whose calls of 1..most_rows rows give every row the bits it gets in a call of its
-    own, each call on the threads a forward of its rows runs on. For those, a span's blocks of up to most_rows
-    rows may share calls in any grouping (a block's rows included): every row keeps its own bits. The quantized
-    kernels serve short forwards (engine/linear.py), so a span of long blocks with a few short ones (a role
-    header, a short message) otherwise reads all the quantized weights once more per short block."""
-    generator = torch.Generator().manual_seed(seed)
+    own, each call on the threads a forward of its rows runs on, with the rows in another order too
+    (engine/linear.py `is_row_invariant`). For those, a span's blocks of up to most_rows rows may share calls
+    in any grouping (a block's rows included): every row keeps its own bits. The quantized kernels serve short
+    forwards (engine/linear.py), so a span of long blocks with a few short ones (a role header, a short
+    message) otherwise reads all the quantized weights once more per short block."""
     agree, seen = set(), set()
     with torch.inference_mode():
         for linear in linears:
@@ -89,15 +90,6 @@ def check_small(linears, most_rows: int, use_threads: Callable[[int], None], dty
             if key in seen or not hasattr(linear, "kernel"):
                 continue
             seen.add(key)
-            x = torch.randn((most_rows, linear.in_features), generator=generator).to(dtype)
-            use_threads(1)
-            alone = torch.cat([linear(x[i:i + 1]) for i in range(most_rows)])
-            same = True
-            for rows in range(2, most_rows + 1):
-                use_threads(rows)
-                same = same and torch.equal(linear(x[:rows]), alone[:rows])
-            backwards = torch.arange(most_rows - 1, -1, -1)                     # every row in another place
-            same = same and torch.equal(linear(x[backwards]), alone[backwards])
-            if same:
+            if is_row_invariant(linear, range(1, most_rows + 1), seed, use_threads, reordered=True):
                 agree.add(key)
     return frozenset(agree)

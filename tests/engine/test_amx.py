@@ -111,7 +111,7 @@ def test_a_span_gives_every_block_the_bits_of_its_own_call_however_its_calls_gat
     alone = torch.cat([quantized(x[start:start + size]) for start, size in _Span(0, sizes, None, None).blocks()])
     assert torch.equal(_Span(0, sizes, None, None).linear(quantized, x), alone)
     # short blocks share calls of up to 16 rows where the start-up check finds their rows independent
-    small = span_merges.check_small([quantized], KERNEL_MAX_ROWS, lambda rows: None, torch.bfloat16)
+    small = span_merges.check_small([quantized], KERNEL_MAX_ROWS, lambda rows: None)
     assert small == {span_merges.shape_key(quantized)}
     merges = span_merges.SpanMerges(128, frozenset(), 1, small, KERNEL_MAX_ROWS)
     span = _Span(0, sizes, None, merges)
