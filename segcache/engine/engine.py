@@ -54,6 +54,17 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+def _to_loop(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, cancelled: threading.Event):
+    """A job's emit for a client on `loop`. Once that loop is closed nobody reads the request any more: it is
+    cancelled (gone within one engine step), and the engine thread, which serves everyone, never fails on it."""
+    def emit(event: object) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:                     # the loop is closed
+            cancelled.set()
+    return emit
+
+
 def _share_policy(config: ServeConfig) -> SharePolicy | None:
     share = config.tenant_cache_share
     return SharePolicy(share_bytes=share if isinstance(share, int) else None, lru_only=share == "off",
@@ -199,7 +210,8 @@ class Engine:
         request: it stops costing anything within one engine step."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = _Job(request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        cancelled = threading.Event()
+        job = _Job(request, _to_loop(loop, events, cancelled), cancelled=cancelled)
         self._jobs.put(job)
         try:
             while not isinstance(event := await events.get(), _Done):
@@ -229,7 +241,7 @@ class Engine:
                 self._cancel(sequence)
             step = self.scheduler.schedule()
             if step.prefill is not None:
-                self._prefill_share(step.prefill, idle=not step.decode)
+                self._prefill_share(step.prefill, idle=not step.decode and not self.scheduler.waiting)
             if step.decode:
                 self._decode(step.decode)
 
@@ -259,9 +271,10 @@ class Engine:
 
     def _prefill_share(self, sequence: Sequence, idle: bool = False) -> None:
         """A step's prefill: up to --prefill-span-tokens (at least one block), so running streams wait at
-        most that much prefill; up to --idle-prefill-span-tokens when no stream decodes (`idle`): no one
-        waits on the step then (a waiting request begins only once the prompt before it is prefilled).
-        When a prompt's last blocks leave room, the next waiting request begins and its blocks that fit
+        most that much prefill; up to --idle-prefill-span-tokens when no request decodes nor waits (`idle`):
+        no one waits on the step then. (With requests waiting, a larger span would bundle more of them into
+        one long forward whose end they all wait for: `bench concurrent` at 16 agents had TTFT p50 1.18 s
+        against 0.60 s.) When a prompt's last blocks leave room, the next waiting request begins and its blocks that fit
         join the same forward: short turns that arrive together (agents answering at
         once) share one pass over the weights, each row with the bits of its own forward
         (Runner.prefill_spans). A request that would compute a block that an earlier one in the forward

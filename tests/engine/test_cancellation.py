@@ -88,3 +88,27 @@ def test_others_keep_decoding_when_one_client_leaves(engine):
 
 async def _consume(stream) -> list:
     return [event async for event in stream]
+
+
+def test_a_client_whose_event_loop_closes_mid_request_cancels_it_and_the_engine_serves_on(engine):
+    """The engine posts a request's events to its client's event loop. When that loop is gone (a script's
+    asyncio.run returned with the request still running), the request ends within a step and the engine
+    thread, which serves every client, keeps serving."""
+    async def leave_after_the_first_tokens():
+        stream = engine.stream(long_request())
+        start = decoded(engine)
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                break
+        await wait_decoding(engine, start)
+        return decoded(engine)
+
+    at_leaving = asyncio.run(leave_after_the_first_tokens())     # the loop closes with the request running
+
+    async def later():
+        await wait_idle(engine)
+        return [event async for event in engine.stream(long_request(4))]
+
+    events = asyncio.run(asyncio.wait_for(later(), 60))
+    assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 4
+    assert decoded(engine) - at_leaving < LONG / 2                 # the first request stopped early

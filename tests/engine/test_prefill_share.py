@@ -116,9 +116,9 @@ def _lone_uncached(engine: Engine, req: EngineRequest) -> Finished:
 
 
 def test_a_prompt_spans_more_per_forward_only_while_no_stream_decodes(load):
-    """--idle-prefill-span-tokens: with no stream decoding, a long cold prompt runs in one forward; while one
-    decodes, in forwards of up to --prefill-span-tokens, so the stream waits at most that much prefill.
-    Either way its reply and first logits are those of one forward per --prefill-span-tokens span."""
+    """--idle-prefill-span-tokens: with no request decoding nor waiting, a long cold prompt runs in one forward;
+    while one decodes or waits, in forwards of up to --prefill-span-tokens, so it waits at most that much
+    prefill. Either way its reply and first logits are those of one forward per --prefill-span-tokens span."""
     loaded = load("tiny", "bfloat16")
     config = ServeConfig(model="tiny", dtype="bfloat16", cache_bytes=0)
     engine = Engine(config, loaded=loaded)
@@ -152,6 +152,13 @@ def test_a_prompt_spans_more_per_forward_only_while_no_stream_decodes(load):
 
         busy, forwards = asyncio.run(beside_a_stream())
         assert forwards >= 3                            # spans of at most --prefill-span-tokens
+
+        async def with_one_waiting():                   # a request queued behind it: spans of 512 too
+            return await asyncio.gather(_finished(engine, long), _finished(engine, request("And then?")))
+
+        before = runner.num_prefill_forwards
+        queued, _ = _at_once(with_one_waiting)
+        assert runner.num_prefill_forwards - before >= 3
         narrow = Engine(ServeConfig(model="tiny", dtype="bfloat16", cache_bytes=0, idle_prefill_span_tokens=0),
                         loaded=loaded)
         try:
@@ -159,7 +166,7 @@ def test_a_prompt_spans_more_per_forward_only_while_no_stream_decodes(load):
             reference = asyncio.run(_finished(narrow, long))
         finally:
             narrow.close()
-        for finished in (idle, busy):
+        for finished in (idle, busy, queued):
             assert finished.token_ids == reference.token_ids
             assert torch.equal(finished.first_logits, reference.first_logits)
     finally:
