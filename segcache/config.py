@@ -93,8 +93,8 @@ class ServeConfig:
     prefill_span_tokens: int = _flag(512, "tokens one prefill forward may span: consecutive whole blocks (at least one) "
                                      "run in one forward, their matmuls block by block, so small blocks stay cheap "
                                      "and answers stay bit-identical; 0 = one block per forward")
-    idle_prefill_span_tokens: int = _flag(2048, "tokens one prefill forward may span while no request is decoding "
-                                          "(none waits on the step), where a span's kernels give every row its own "
+    idle_prefill_span_tokens: int = _flag(2048, "tokens one prefill forward may span while no other request decodes or "
+                                          "waits (none waits on the step), where a span's kernels give every row its own "
                                           "bits (AMX): a long prompt in fewer, larger forwards; at most "
                                           "--prefill-span-tokens elsewhere, or when this is smaller")
     disk_cache: str | None = _flag(None, "directory for the disk tier: cached KV is written behind to one file per "

@@ -143,7 +143,7 @@ class Engine:
             idle = max(config.idle_prefill_span_tokens, self.spans.span_tokens)
             self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the {what} run over the whole "
                                      "span in one call each (AMX kernels: a row's bits never depend on the call); "
-                                     f"up to {idle} tokens while no request is decoding", idle)
+                                     f"up to {idle} tokens while no other request decodes or waits", idle)
         elif self.spans.span_tokens:
             merges = runner.check_span_merges(config.block_tokens, self.spans.span_tokens)
             if merges is not None:
@@ -427,7 +427,7 @@ def model_scope(loaded: LoadedModel, tenant: str) -> ScopeKey:
 class SpanVerdict:
     span_tokens: int    # what a prefill forward may span here (0: one block per forward)
     reason: str         # why, for the start-up log and /health
-    idle_tokens: int = 0    # what it may span while no request decodes (where more than span_tokens)
+    idle_tokens: int = 0    # what it may span while no other request decodes or waits
 
 
 def _check_spans(runner: Runner, span_tokens: int) -> SpanVerdict:
