@@ -205,7 +205,7 @@ class BlockWeights:
         if rows is not None:
             return self._matmul_rows(x, out, rows)
         out = _output(out, (x.shape[0], self.num_out), x.dtype)
-        threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
+        threads = self._threads()
         is_bf16 = int(x.dtype == torch.bfloat16)
         if self.layout == "slabs":
             _require_amx()
@@ -226,7 +226,7 @@ class BlockWeights:
         _check_rows(x, out, rows, self.num_out, x.dtype)
         if rows.numel() == 0:
             return out
-        threads = _threads if self.num_out * self.num_in >= THREADED_WORK else 1
+        threads = self._threads()
         status = library().segcache_amx_q_matmul_rows(int(self.kind == "q8"), x.data_ptr(), rows.data_ptr(),
                                                       int(x.dtype == torch.bfloat16), rows.numel(), self.num_in,
                                                       self.codes.data_ptr(), self.num_out, out.data_ptr(), threads)
@@ -234,6 +234,10 @@ class BlockWeights:
             raise RuntimeError(f"{self.kind} kernel refused {rows.numel()} rows of a ({x.shape[0]}, {self.num_in}) "
                                "input")
         return out
+
+    def _threads(self) -> int:
+        """Threads for a call: every one for large weights (outputs split over them), else one."""
+        return _threads if self.num_out * self.num_in >= THREADED_WORK else 1
 
 
 def _check_rows(x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor, num_out: int,

@@ -274,8 +274,6 @@ static void aq_rows(int q8, const int8_t *q, const float *dx, const float *xs, i
     }
 }
 
-/* x (M, K) bfloat16 or float32, contiguous; packed as above for N outputs; y (M, N) in x's dtype. Returns
-   0, or -1 if K is not a multiple of 32 (64 for Q4) or memory ran out. */
 /* y = x W^T for M rows of x, row m read from x's row rows[m] (rows NULL: row m), into y (M, N). */
 static int aq_matmul(int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
                      const uint8_t *packed, int64_t N, void *y, int threads) {
@@ -308,6 +306,8 @@ static int aq_matmul(int q8, const void *x, const int64_t *rows, int is_bf16, in
     return ok ? 0 : -1;
 }
 
+/* x (M, K) bfloat16 or float32, contiguous; packed as above for N outputs; y (M, N) in x's dtype. Returns
+   0, or -1 if K is not a multiple of 32 (64 for Q4) or memory ran out. */
 int segcache_amx_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t K, const uint8_t *packed,
                           int64_t N, void *y, int threads) {
     return aq_matmul(q8, x, NULL, is_bf16, M, K, packed, N, y, threads);
