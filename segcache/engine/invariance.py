@@ -2,8 +2,9 @@
 
 A batched decode step computes each sequence's row of every linear layer inside a (B, in) matmul.
 Whether row b of that product has the same bits as the row computed alone depends on the kernel
-the library picks for the shape, the dtype and the thread count (measured with torch 2.13 on this
-CPU: bfloat16 rows are invariant, float32 rows are not: MKL's M=1 path differs from M>=2). So the
+the library picks for the shape, the dtype, the thread count and the CPU (measured with torch 2.13:
+float32 rows are not invariant, as MKL's M=1 path differs from M>=2; bfloat16 rows were on one EPYC
+and are not on a Zen 4 one, where oneDNN's matmul over 1,536 inputs differs; docs/weights.md). So the
 engine runs the model's own projections on random rows at every batch size 1..max_batch, on the
 one thread decode batches use, and batches only if every row equals its lone computation.
 """
