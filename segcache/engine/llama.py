@@ -57,11 +57,15 @@ class LlamaForward:
         self.layers = [_Layer(layer, index, build) for index, layer in enumerate(inner.layers)]
         self.cos, self.sin = _rope_table(config, self.head_dim, self.dtype)   # (P, D) each
         self.fused = self._fused(inner)
-        # prefill on our kernels (`_forward_native`) where they take the model: bfloat16, AMX, head size 64
+        # prefill on our kernels (`_forward_native`) where they take the model: bfloat16, head size 64, and a CPU
+        # with AMX (linears and attention on tiles) or with AVX512-BF16 (attention on vectors, the linears
+        # those of the weight format, block by block where their bits depend on the call)
+        self.amx_prefill = native.amx_unavailable_reason() is None
         self.native_prefill = (self.dtype == torch.bfloat16 and self.head_dim == native.AMX_HEAD_DIM
                                and self.num_heads % self.num_kv_heads == 0 and config.hidden_size % 16 == 0
                                and config.hidden_size <= 8192 and config.intermediate_size % 16 == 0
-                               and native.amx_unavailable_reason() is None)
+                               and (self.amx_prefill or native.bf16_attention_unavailable_reason() is None))
+        self.prefill_attention = native.amx_attention if self.amx_prefill else native.bf16_attention
 
     def _fused(self, inner: torch.nn.Module):
         """The one-call native decode step where the weights allow it (engine/fused_decode.py), else None;
@@ -99,14 +103,17 @@ class LlamaForward:
         the whole span. So a cached run, which starts at any block boundary and groups its blocks into
         forwards from there, computes every block exactly as an uncached run does (engine/units.py).
         `merges` (engine/span_merges.py): runs of whole blocks whose linears one call computes with the bits
-        of the calls per block, as the start-up check found. On AMX (bfloat16), the linears and the attention
-        run on kernels whose rows never depend on the call (engine/kernels/amx*.c): one call each per span,
-        and the attention reads the positions that tree blocks in `pages` (fused_decode.Page, from position 0)
-        hold from them, as the decode step does; elsewhere the cache must hold every position before `start`.
+        of the calls per block, as the start-up check found. In bfloat16 on a CPU with AMX or AVX512-BF16
+        (`native_prefill`), the attention runs on a kernel whose rows never depend on the call (engine/kernels/
+        amx_attention.c): one call per span, reading the positions that tree blocks in `pages` (fused_decode.
+        Page, from position 0) hold from them, as the decode step does; on AMX the linears too (amx.c); the
+        row-wise ops are fused (rowwise.c). Elsewhere the cache must hold every position before `start`.
         """
         if self.native_prefill:
-            # our kernels choose their own threads by a call's shape (engine/native.py): no switching per block
-            return self._forward_native(cache, start, ids, _Span(start, blocks or (ids.shape[0],), None, merges),
+            # our kernels choose their own threads by a call's shape (engine/native.py): no switching per block,
+            # except for library linears (no AMX), whose bits depend on the threads as in a forward of one block
+            return self._forward_native(cache, start, ids, _Span(start, blocks or (ids.shape[0],),
+                                                                 None if self.amx_prefill else use_threads, merges),
                                         pages)
         span = _Span(start, blocks or (ids.shape[0],), use_threads, merges)
         x = F.embedding(ids, self.embed)                                     # (T, C)
@@ -127,10 +134,11 @@ class LlamaForward:
 
     def _forward_native(self, cache: torch.Tensor, start: int, ids: torch.Tensor, span: "_Span",
                         pages: tuple = ()) -> torch.Tensor:
-        """`forward` on our kernels (bfloat16 where the CPU has AMX), every row's bits independent of the call,
-        so each runs once over the whole span: the linears and the attention on AMX tiles (engine/kernels/
-        amx*.c); the residual add with the next norm, RoPE with the KV write, and silu(gate) * up, each one
-        float32 pass per row rounded once (kernels/rowwise.c)."""
+        """`forward` on our kernels (bfloat16 where the CPU has AMX or AVX512-BF16), every row's bits independent
+        of the call, so each runs once over the whole span: the attention on AMX tiles or AVX512-BF16 vectors
+        (engine/kernels/amx_attention.c), the linears on AMX tiles (amx.c) or else as the span plans them
+        (block by block where their bits depend on the call); the residual add with the next norm, RoPE with
+        the KV write, and silu(gate) * up, each one float32 pass per row rounded once (kernels/rowwise.c)."""
         table = self._tree_pages(pages, start)                               # tree blocks read in place
         x = F.embedding(ids, self.embed)                                     # (T, C), the residual stream
         delta = None                                                         # what the last layer adds to x
@@ -140,8 +148,8 @@ class LlamaForward:
             qkv = span.linear(layer.qkv, h)                                  # (T, (H + 2 Hkv) D)
             native.rope_kv(qkv, self.cos, self.sin, start, self.num_heads, self.num_kv_heads, self.head_dim,
                            keys, values)
-            attn = native.amx_attention(qkv, keys, values, start, self.num_heads, self.num_kv_heads,
-                                        self.head_dim, table, index)         # (T, H D)
+            attn = self.prefill_attention(qkv, keys, values, start, self.num_heads, self.num_kv_heads,
+                                          self.head_dim, table, index)       # (T, H D)
             h = native.add_rms_norm(x, span.linear(layer.o_proj, attn), layer.post_norm, self.eps)
             delta = span.linear(layer.down_proj, native.silu_mul(span.linear(layer.gate_up, h)))
         last = x[-1:].clone()
@@ -155,7 +163,8 @@ class LlamaForward:
         return table[:int(counts[0])] if counts[0] else None
 
     @torch.inference_mode()
-    def forward_many(self, items: list[tuple], merges=None) -> list[torch.Tensor]:
+    def forward_many(self, items: list[tuple], merges=None,
+                     use_threads: Callable[[int], None] | None = None) -> list[torch.Tensor]:
         """Several sequences' prefill forwards as one: items (cache, start, ids, blocks, pages) as `forward`
         takes them, on our kernels only (`native_prefill`). The linears run over every sequence's rows in one
         call where the blocks' sizes allow (`_Span`), so the weights stream once for all of them; RoPE, the KV
@@ -163,7 +172,8 @@ class LlamaForward:
         on the call, so each sequence gets those of its own forward. Returns each one's last logits (V,), each
         from an output head call of its own row, as its own forward makes."""
         spans = [_Span(start, blocks or (ids.shape[0],), None, merges) for _, start, ids, blocks, _ in items]
-        joint = _Span(0, tuple(size for span in spans for size in span.sizes), None, merges)
+        joint = _Span(0, tuple(size for span in spans for size in span.sizes),
+                      None if self.amx_prefill else use_threads, merges)
         tables = [self._tree_pages(pages, start) for _, start, _, _, pages in items]
         offsets = [0]
         for span in spans:
@@ -178,14 +188,19 @@ class LlamaForward:
                 keys, values = cache[index, 0], cache[index, 1]
                 native.rope_kv(qkv[lo:hi], self.cos, self.sin, start, self.num_heads, self.num_kv_heads,
                                self.head_dim, keys, values)
-                native.amx_attention(qkv[lo:hi], keys, values, start, self.num_heads, self.num_kv_heads,
-                                     self.head_dim, table, index, out=attn[lo:hi])
+                self.prefill_attention(qkv[lo:hi], keys, values, start, self.num_heads, self.num_kv_heads,
+                                       self.head_dim, table, index, out=attn[lo:hi])
             h = native.add_rms_norm(x, joint.linear(layer.o_proj, attn), layer.post_norm, self.eps)
             delta = joint.linear(layer.down_proj, native.silu_mul(joint.linear(layer.gate_up, h)))
         lasts = torch.tensor([end - 1 for end in offsets[1:]])
         normed = native.add_rms_norm(x[lasts].contiguous(), None if delta is None else delta[lasts],
                                      self.final_norm, self.eps)
-        return [self.lm_head(normed[i:i + 1])[0] for i in range(len(items))]
+        logits = []
+        for i, span in enumerate(spans):
+            if joint.use_threads is not None:       # as the sequence's own forward ends: on its span's threads
+                joint.use_threads(span.num_rows)
+            logits.append(self.lm_head(normed[i:i + 1])[0])
+        return logits
 
     @torch.inference_mode()
     def decode(self, caches: tuple[torch.Tensor, ...], positions: tuple[int, ...], ids: torch.Tensor,

@@ -12,7 +12,8 @@ the same products on weights packed in slabs (`block_layout`), with tile product
 The same library holds the bfloat16 prefill kernels for CPUs with AMX (amx.c: the matmul; amx_attention.c;
 rowwise.c: add + RMSNorm, RoPE + KV write, silu * up), each giving a row the same bits whatever else is in
 the call (engine/llama.py `_forward_native`); `amx_unavailable_reason` says why they do not serve, and
-`SEGCACHE_AMX=off` turns them off.
+`SEGCACHE_AMX=off` turns them off. Without AMX, the attention runs on AVX512-BF16 vectors instead
+(`bf16_attention`), with the row-wise kernels; `SEGCACHE_BF16_ATTENTION=off` turns that path off.
 
 Built with the system C compiler on first use into SEGCACHE_KERNEL_DIR (default ~/.cache/segcache/kernels),
 one file per source and flags; a machine without gcc or without AVX512-VNNI falls back to torch's kernels
@@ -104,6 +105,7 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
     "segcache_amx_q_matmul_rows": [_I, _P, _P, _I, _I64, _I64, _P, _I64, _P, _I],
     "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
+    "segcache_bf16_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
     "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
     "segcache_rope_kv": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64, _I],
@@ -416,18 +418,47 @@ def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, s
     the last one's `to` in place of the buffer. A query's bits depend on its q and its keys only, never on
     the call's other queries nor on where its keys are read from. Written into `out` where given."""
     _require_amx()
+    return _attention(library().segcache_amx_attention, "AMX", qkv, keys, values, start, heads, kv_heads, head_dim,
+                      pages, layer, out)
+
+
+def bf16_attention_unavailable_reason() -> str | None:
+    """None when `bf16_attention` can serve (a CPU with AVX512-BF16), else why not. SEGCACHE_BF16_ATTENTION=off
+    turns it off (the prefill attends block by block on the library's kernel, as before it)."""
+    if os.environ.get("SEGCACHE_BF16_ATTENTION", "").lower() in ("0", "off", "no"):
+        return "SEGCACHE_BF16_ATTENTION=off"
+    reason = unavailable_reason()
+    if reason is None and "avx512_bf16" not in _cpu_flags():
+        reason = "the CPU lacks avx512_bf16"
+    return reason
+
+
+def bf16_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, heads: int,
+                   kv_heads: int, head_dim: int, pages: torch.Tensor | None = None, layer: int = 0,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """`amx_attention` on AVX512-BF16 vectors, for CPUs without AMX (kernels/amx_attention.c): the same
+    arguments and the same independence of a query's bits from the call, other bits than the AMX kernel's."""
+    if bf16_attention_unavailable_reason() is not None:
+        raise RuntimeError(f"bfloat16 attention unavailable: {bf16_attention_unavailable_reason()}")
+    return _attention(library().segcache_bf16_attention, "bfloat16", qkv, keys, values, start, heads, kv_heads,
+                      head_dim, pages, layer, out)
+
+
+def _attention(entry, name: str, qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
+               heads: int, kv_heads: int, head_dim: int, pages: torch.Tensor | None, layer: int,
+               out: torch.Tensor | None) -> torch.Tensor:
     num_rows = qkv.shape[0]
     out = _output(out, (num_rows, heads * head_dim), torch.bfloat16)
-    if qkv.stride(1) != 1 or not keys.is_contiguous() or not values.is_contiguous():
-        raise ValueError("amx_attention needs unit-stride rows and contiguous keys and values")
+    if any(t.dtype != torch.bfloat16 for t in (qkv, keys, values)) or qkv.stride(1) != 1 \
+            or not keys.is_contiguous() or not values.is_contiguous():
+        raise ValueError(f"{name} attention needs bfloat16 unit-stride rows and contiguous keys and values")
     num_pages = 0 if pages is None else pages.shape[0]
     threads = _threads if num_rows * (start + num_rows) >= 4096 else 1
-    status = library().segcache_amx_attention(qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(),
-                                              keys.shape[1], pages.data_ptr() if num_pages else None, num_pages,
-                                              layer, heads, kv_heads, head_dim, start, num_rows, out.data_ptr(),
-                                              threads)
+    status = entry(qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(), keys.shape[1],
+                   pages.data_ptr() if num_pages else None, num_pages, layer, heads, kv_heads, head_dim, start,
+                   num_rows, out.data_ptr(), threads)
     if status != 0:
-        raise RuntimeError(f"AMX attention refused {heads} heads of {head_dim} over {kv_heads} KV heads"
+        raise RuntimeError(f"{name} attention refused {heads} heads of {head_dim} over {kv_heads} KV heads"
                            + (f" and pages {pages.tolist()}" if num_pages else ""))
     return out
 

@@ -102,16 +102,22 @@ class Runner:
         if self.lean is None:
             return {"projections": "torch", "prefill": "torch (library forward)", "decode": "torch (library forward)"}
         weights, native_prefill = self.loaded.weights, self.lean.native_prefill
+        amx = native_prefill and self.lean.amx_prefill
         if weights.quantized and weights.kernels == "vnni":
             blocks = "amx-int8 tiles" if native.block_layout() == "slabs" else "avx512-vnni"
-            beyond = "amx-bf16 tiles" if native_prefill else "the dense weight"
+            beyond = "amx-bf16 tiles" if amx else "the dense weight"
             projections = f"{blocks} on the weights' blocks up to 16 rows, {beyond} beyond"
         elif weights.quantized:
             projections = "torch weight-only"
         else:
-            projections = "amx-bf16 tiles" if native_prefill else "dense"
-        prefill = "amx-bf16 (linears, attention) reading matched tree blocks in place" if native_prefill \
-            else "torch, block by block"
+            projections = "amx-bf16 tiles" if amx else "dense"
+        if amx:
+            prefill = "amx-bf16 (linears, attention) reading matched tree blocks in place"
+        elif native_prefill:
+            prefill = ("native: attention on avx512-bf16 over the whole forward reading matched tree blocks in "
+                       "place, row-wise ops fused; linears block by block")
+        else:
+            prefill = "torch, block by block"
         if self.lean.fused is None:
             decode = "torch ops per step"
         else:
@@ -212,7 +218,7 @@ class Runner:
         items = [(state.cache, state.num_tokens, torch.tensor(token_ids, dtype=torch.long), blocks, state.pages)
                  for state, token_ids, blocks in spans]
         self._use_threads(sum(len(token_ids) for _, token_ids, _ in spans))
-        logits = self.lean.forward_many(items, self.span_merges)
+        logits = self.lean.forward_many(items, self.span_merges, self._use_threads)
         for (state, token_ids, _), last in zip(spans, logits):
             state.last_logits = last
             state.num_tokens += len(token_ids)

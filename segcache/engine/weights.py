@@ -54,12 +54,15 @@ class WeightPlan:
     @property
     def scope_name(self) -> str:
         """What the weights fingerprint hashes: the format, and the kernels that give its bits (the block
-        kernels of a quantized one; the AMX kernel where it runs the bfloat16 dense projections)."""
+        kernels of a quantized one; the AMX kernel where it runs the bfloat16 dense projections; elsewhere our
+        AVX512-BF16 prefill kernels where they serve: attention and the row-wise ops)."""
         amx = self.format != "float32" and native.amx_unavailable_reason() is None
+        attention = (not amx and self.format != "float32" and native.bf16_attention_unavailable_reason() is None)
+        suffix = f"+amx-{native.kernel_id()}" if amx else f"+prefill-{native.kernel_id()}" if attention else ""
         if not self.quantized:
-            return f"{self.format}/amx-{native.kernel_id()}" if amx else self.format
+            return f"{self.format}/{suffix[1:]}" if suffix else self.format
         kernels = f"vnni-{native.kernel_id()}" if self.kernels == "vnni" else "torch"
-        return f"{self.format}/{kernels}" + (f"+amx-{native.kernel_id()}" if amx else "")
+        return f"{self.format}/{kernels}{suffix}"
 
 
 def dense_format(dtype: torch.dtype) -> str:

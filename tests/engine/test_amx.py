@@ -130,99 +130,12 @@ def test_the_kernel_is_part_of_the_cache_scope_and_can_be_turned_off(monkeypatch
     on = plan_weights("bf16", torch.bfloat16, None).scope_name
     int4 = plan_weights("int4", torch.bfloat16, embedded_gguf_path()).scope_name
     monkeypatch.setenv("SEGCACHE_AMX", "off")
+    monkeypatch.setenv("SEGCACHE_BF16_ATTENTION", "off")     # else the AVX512-BF16 attention is in the scope
     assert native.amx_unavailable_reason() == "SEGCACHE_AMX=off"
     assert DenseLinear(*_weights(96, 64, seed=7)).amx is None
     assert plan_weights("bf16", torch.bfloat16, None).scope_name == "bf16" != on
     assert "amx" not in plan_weights("int4", torch.bfloat16, embedded_gguf_path()).scope_name and "amx" in int4
     assert plan_weights("float32", torch.float32, None).scope_name == "float32"
-
-
-def _attention_reference(qkv, keys, values, start, heads, kv_heads):
-    """Causal grouped-query attention in float64: query t sees keys 0 .. start + t."""
-    num_rows, dim = qkv.shape[0], 64
-    q = qkv[:, :heads * dim].view(num_rows, heads, dim).transpose(0, 1).double()
-    k = keys[:, :start + num_rows].double().repeat_interleave(heads // kv_heads, 0)
-    v = values[:, :start + num_rows].double().repeat_interleave(heads // kv_heads, 0)
-    scores = q @ k.transpose(1, 2) / dim ** 0.5
-    hidden = torch.arange(start + num_rows)[None, :] > torch.arange(start, start + num_rows)[:, None]
-    weights = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
-    return (weights @ v).transpose(0, 1).reshape(num_rows, heads * dim)
-
-
-@pytest.mark.parametrize("start,num_rows", [(0, 1), (0, 45), (100, 128), (37, 300)])
-def test_attention_computes_causal_grouped_query_softmax(start, num_rows):
-    generator = torch.Generator().manual_seed(start + num_rows)
-    heads, kv_heads, capacity = 9, 3, 512
-    keys = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
-    values = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
-    qkv = torch.randn((num_rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
-    out = native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64)
-    exact = _attention_reference(qkv, keys, values, start, heads, kv_heads)
-    # probabilities rounded to bfloat16 for the tile product, one rounding of the output
-    assert out.shape == (num_rows, heads * 64) and (out.double() - exact).abs().max() < 0.02
-
-
-def test_a_query_gets_its_own_bits_in_any_call_and_on_any_threads():
-    generator = torch.Generator().manual_seed(11)
-    heads, kv_heads, capacity, start, num_rows = 9, 3, 700, 61, 400
-    keys = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
-    values = torch.randn((kv_heads, capacity, 64), generator=generator).bfloat16()
-    qkv = torch.randn((num_rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
-    saved = native.threads()
-    try:
-        native.set_threads(2)
-        whole = native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64)
-        for threads in (1, 3):
-            native.set_threads(threads)
-            assert torch.equal(native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64), whole)
-            for offset, size in ((0, 1), (5, 17), (64, 64), (130, 128), (399, 1)):   # any queries, any start
-                part = native.amx_attention(qkv[offset:offset + size], keys, values, start + offset, heads,
-                                            kv_heads, 64)
-                assert torch.equal(part, whole[offset:offset + size])
-    finally:
-        native.set_threads(saved)
-    # keys past the queries' positions are never read: garbage there changes nothing
-    keys[:, start + num_rows:] = float("nan")
-    values[:, start + num_rows:] = float("nan")
-    assert torch.equal(native.amx_attention(qkv, keys, values, start, heads, kv_heads, 64), whole)
-
-
-def test_attention_reads_the_positions_that_tree_blocks_hold_from_them_with_the_same_bits():
-    """A prefill after a matched chain reads the chain's positions from the tree's blocks (pages), not from
-    copies in its buffer: the same values, so the same bits, wherever the blocks' edges fall against the
-    kernel's 64-key blocks; the buffer's positions before the pages' end are never read."""
-    from segcache.engine.fused_decode import Page, page_table
-
-    generator = torch.Generator().manual_seed(12)
-    layers, heads, kv_heads, capacity, start, num_rows = 3, 9, 3, 400, 201, 150
-    cache = torch.randn((layers, 2, kv_heads, capacity, 64), generator=generator).bfloat16()
-    qkv = torch.randn((num_rows, (heads + 2 * kv_heads) * 64), generator=generator).bfloat16()
-    layer = 1
-    whole = native.amx_attention(qkv, cache[layer, 0], cache[layer, 1], start, heads, kv_heads, 64)
-    for edges in ((0, 201), (0, 37, 128, 201), (0, 64, 192), (0, 5)):      # tree blocks' positions
-        blocks = [cache[:, :, :, a:b].clone() for a, b in zip(edges, edges[1:])]
-        buffer = cache.clone()
-        buffer[:, :, :, :edges[-1]] = float("nan")                         # what the buffer never gets
-        pages = tuple(Page(block, a) for block, a in zip(blocks, edges))
-        table, counts = page_table((pages,), (start,), torch.bfloat16)
-        assert int(counts[0]) == len(pages)
-        got = native.amx_attention(qkv, buffer[layer, 0], buffer[layer, 1], start, heads, kv_heads, 64,
-                                   table, layer)
-        assert torch.equal(got, whole)
-    # pages that leave a gap, or reach the positions being computed, are refused
-    for rows in (((blocks[0].data_ptr(), 0, 1, 5, 5),), ((cache.data_ptr(), 0, 0, start + 1, capacity),)):
-        with pytest.raises(RuntimeError, match="refused"):
-            native.amx_attention(qkv, buffer[layer, 0], buffer[layer, 1], start, heads, kv_heads, 64,
-                                 torch.tensor(rows, dtype=torch.int64), layer)
-
-
-def test_attention_refuses_what_it_does_not_take():
-    keys = torch.zeros((2, 64, 32), dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="refused"):
-        native.amx_attention(torch.zeros((4, 8 * 32), dtype=torch.bfloat16), keys, keys, 0, 4, 2, 32)
-    keys = torch.zeros((2, 8, 64), dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="refused"):       # past the buffer's capacity
-        native.amx_attention(torch.zeros((4, 8 * 64), dtype=torch.bfloat16), keys, keys, 6, 4, 2, 64)
 
 
 @torch.inference_mode()

@@ -121,8 +121,10 @@ def test_int4_on_the_default_model_runs_every_projection_on_the_block_kernels(lo
     from segcache.engine.runner import Runner
 
     loaded = load("default", "bfloat16", "int4")
+    prefill = "amx" if native.amx_unavailable_reason() is None else \
+        "prefill" if native.bf16_attention_unavailable_reason() is None else None
     assert loaded.weights.kernels == "vnni" and loaded.weights.scope_name == f"int4/vnni-{native.kernel_id()}" + (
-        f"+amx-{native.kernel_id()}" if native.amx_unavailable_reason() is None else "")
+        f"+{prefill}-{native.kernel_id()}" if prefill else "")
     forward = Runner(loaded).lean
     kinds = {name: linear.blocks.kind for name, linear in forward.projections()}
     assert kinds.pop("lm_head") == "q8" and set(kinds.values()) == {"q4"}

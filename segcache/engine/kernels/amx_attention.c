@@ -250,6 +250,63 @@ static inline void block_values(const uint16_t *pt, const uint16_t *v, float *ot
     }
 }
 
+/* The same two products on AVX512-BF16 vectors, for CPUs without AMX (segcache_bf16_attention). Q^T and P^T
+   are laid out as above: row r of a tile holds pair r (dims 2r, 2r + 1; keys 2r, 2r + 1) of the 16 queries,
+   one 32-bit word per query. A key's dim pair (or a key pair's value of a dim, from pack_values_pairs) is
+   broadcast to all 16 lanes; each lane sums its pairs in a fixed order (dims 0..63; keys 0..63 of the block),
+   so a query's bits never depend on the other lanes. */
+static inline void block_scores_vec(const uint16_t *qt, const uint16_t *k, float *st) {
+    for (int nt = 0; nt < 4; nt++) {              /* keys 16 nt .. 16 nt + 15, one accumulator each */
+        const uint16_t *keys = k + nt * 16 * ATT_DIM;
+        __m512 acc[16];
+        for (int c = 0; c < 16; c++)
+            acc[c] = _mm512_setzero_ps();
+        for (int p = 0; p < ATT_DIM / 2; p++) {
+            __m512bh qp = (__m512bh)_mm512_load_si512((const void *)(qt + p * 32));
+            for (int c = 0; c < 16; c++)
+                acc[c] = _mm512_dpbf16_ps(acc[c], qp,
+                                          (__m512bh)_mm512_set1_epi32(*(const int32_t *)(keys + c * ATT_DIM + 2 * p)));
+        }
+        for (int c = 0; c < 16; c++)
+            _mm512_store_ps(st + (nt * 16 + c) * 16, acc[c]);
+    }
+}
+
+static inline void block_values_vec(const uint16_t *pt, const uint16_t *v, float *ot) {
+    for (int dt = 0; dt < 4; dt++) {              /* dims 16 dt .. 16 dt + 15, one accumulator each */
+        __m512 acc[16];
+        for (int i = 0; i < 16; i++)
+            acc[i] = _mm512_setzero_ps();
+        for (int r = 0; r < KEY_BLOCK / 2; r++) {
+            __m512bh pp = (__m512bh)_mm512_load_si512((const void *)(pt + r * 32));
+            const int32_t *pair = (const int32_t *)(v + r * 2 * ATT_DIM + dt * 32);
+            for (int i = 0; i < 16; i++)
+                acc[i] = _mm512_dpbf16_ps(acc[i], pp, (__m512bh)_mm512_set1_epi32(pair[i]));
+        }
+        for (int i = 0; i < 16; i++)
+            _mm512_store_ps(ot + (dt * 16 + i) * 16, acc[i]);
+    }
+}
+
+/* V of key block kb of KV head g for block_values_vec: key pair r's 64 dims, each a word (key 2r's value,
+   key 2r + 1's), at v + r * 128 (zero past num_keys). */
+static void pack_values_pairs(const KvRows *sources, int64_t num_sources, int64_t g, int64_t num_keys, int64_t kb,
+                              uint16_t *v) {
+    const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                           39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    for (int r = 0; r < KEY_BLOCK / 2; r++) {
+        int64_t key = kb * KEY_BLOCK + 2 * r;
+        const uint16_t *even = key < num_keys ? kv_row(rows_of(sources, num_sources, key), 1, g, key) : NULL;
+        const uint16_t *odd = key + 1 < num_keys ? kv_row(rows_of(sources, num_sources, key + 1), 1, g, key + 1) : NULL;
+        for (int dt = 0; dt < 4; dt++) {
+            __m256i a = even ? _mm256_loadu_si256((const __m256i *)(even + dt * 16)) : _mm256_setzero_si256();
+            __m256i b = odd ? _mm256_loadu_si256((const __m256i *)(odd + dt * 16)) : _mm256_setzero_si256();
+            _mm512_store_si512((void *)(v + r * 2 * ATT_DIM + dt * 32),
+                               _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), pairs, _mm512_castsi256_si512(b)));
+        }
+    }
+}
+
 /* acc = acc * alpha + O^T on the lanes that saw the block (a dim per row, a query per lane). */
 static inline void add_block(float *acc, const float *ot, __m512 alpha, __mmask16 seen) {
     for (int d = 0; d < ATT_DIM; d++)
@@ -268,7 +325,7 @@ static inline void add_block(float *acc, const float *ot, __m512 alpha, __mmask1
    A lane that sees no key of a block keeps m, l and acc as they were, so how many blocks its tile walks
    never shows in its bits. `kblocks`: where each key block's 64 rows are (key_block). */
 static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *const *kblocks, const uint16_t *vt,
-                         int64_t h, int64_t heads, int64_t start, int64_t T, int64_t t0, uint16_t *out) {
+                         int64_t h, int64_t heads, int64_t start, int64_t T, int64_t t0, uint16_t *out, int amx) {
     uint16_t qt[2 * 512] __attribute__((aligned(64)));         /* Q^T: dims 0..31, 32..63 */
     uint16_t pt[2 * 512] __attribute__((aligned(64)));         /* P^T: keys 0..31, 32..63 */
     float st[2][KEY_BLOCK * 16] __attribute__((aligned(64)));   /* S^T, a key per row: this block's, the next's */
@@ -293,13 +350,18 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
     /* The tile unit works beside the vector units: block kb + 1's scores are issued before block kb's softmax,
        and block kb's O^T is added to acc after block kb + 1's softmax, so neither waits on the other. Every
        block's arithmetic, and the order of the additions into acc, are those of one block after another. */
-    block_scores(qt, kblocks[0], st[0]);
+    if (amx)
+        block_scores(qt, kblocks[0], st[0]);
+    else
+        block_scores_vec(qt, kblocks[0], st[0]);
     __m512 alpha_last = _mm512_setzero_ps();
     __mmask16 seen_last = 0;
     for (int64_t kb = 0; kb < blocks; kb++) {
         const float *s = st[kb & 1];
-        if (kb + 1 < blocks)
+        if (kb + 1 < blocks && amx)
             block_scores(qt, kblocks[kb + 1], st[(kb + 1) & 1]);
+        else if (kb + 1 < blocks)
+            block_scores_vec(qt, kblocks[kb + 1], st[(kb + 1) & 1]);
         int64_t key0 = kb * KEY_BLOCK;
         int whole = key0 + KEY_BLOCK - 1 <= first;               /* every lane sees every key */
         __mmask16 seen = causal_lanes(key0, first);
@@ -338,7 +400,10 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
         m = _mm512_mask_mov_ps(m, seen, peak);
         if (kb > 0)                                              /* the last block's O^T, stored by now */
             add_block(acc, ot[(kb - 1) & 1], alpha_last, seen_last);
-        block_values(pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
+        if (amx)
+            block_values(pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
+        else
+            block_values_vec(pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
         alpha_last = alpha;
         seen_last = seen;
     }
@@ -360,10 +425,10 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
    the buffer holds the positions after them. The values are the same wherever they are read from, and so
    are the bits. Returns 0, or -1 for a shape it does not take (head_dim not 64, heads not a multiple of
    kv_heads), pages that do not tile positions 0 .. start - 1 from 0, or when memory ran out. */
-int segcache_amx_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
-                           int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer,
-                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T,
-                           uint16_t *out, int threads) {
+static int attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
+                     int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T, uint16_t *out, int threads,
+                     int amx) {
     if (head_dim != ATT_DIM || T <= 0 || kv_heads <= 0 || heads % kv_heads || start + T > capacity
         || num_pages < 0 || (num_pages && !pages))
         return -1;
@@ -405,20 +470,41 @@ int segcache_amx_attention(const uint16_t *q, int64_t q_stride, const uint16_t *
     {
         #pragma omp for schedule(static)
         for (int64_t item = 0; item < kv_heads * blocks; item++)
-            pack_values_t(sources, num_sources, item / blocks, num_keys, item % blocks, vt + item * BLOCK_ELEMENTS);
-        configure_tiles();
+            (amx ? pack_values_t : pack_values_pairs)(sources, num_sources, item / blocks, num_keys, item % blocks,
+                                                      vt + item * BLOCK_ELEMENTS);
+        if (amx)
+            configure_tiles();
         /* later query tiles see more keys: hand them out from the last, in turns */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < heads * tiles; item++) {
             int64_t tile = tiles - 1 - item / heads, h = item % heads, g = h / group;
             attend_lanes(q, q_stride, kblocks + g * blocks, vt + g * blocks * BLOCK_ELEMENTS, h, heads, start, T,
-                         tile * 16, out);
+                         tile * 16, out, amx);
         }
-        _tile_release();
+        if (amx)
+            _tile_release();
     }
     free(vt);
     free(copies);
     free(kblocks);
     free(sources);
     return 0;
+}
+
+int segcache_amx_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
+                           int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer,
+                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T,
+                           uint16_t *out, int threads) {
+    return attention(q, q_stride, keys, values, capacity, pages, num_pages, layer, heads, kv_heads, head_dim, start,
+                     T, out, threads, 1);
+}
+
+/* The same attention on AVX512-BF16 vectors (no tile instruction): for CPUs without AMX. Other bits than the
+   AMX kernel's (the products sum in another order), the same independence of a query from the call. */
+int segcache_bf16_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
+                            int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer,
+                            int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T,
+                            uint16_t *out, int threads) {
+    return attention(q, q_stride, keys, values, capacity, pages, num_pages, layer, heads, kv_heads, head_dim, start,
+                     T, out, threads, 0);
 }
