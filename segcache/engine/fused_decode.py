@@ -59,7 +59,7 @@ class FusedDecode:
             kv_heads=forward.num_kv_heads, head_dim=forward.head_dim, inter=inter, vocab=head.num_out,
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
             layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
-            kv_bf16=int(forward.dtype == torch.bfloat16), amx_attention=int(self.amx_attention(forward)),
+            kv_bf16=int(forward.dtype == torch.bfloat16), amx_attention=self.block_attention(forward),
             slabs=int(head.layout == "slabs"),
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
@@ -74,6 +74,18 @@ class FusedDecode:
             cos_table=keep(forward.cos.float()), sin_table=keep(forward.sin.float()))
         self.dtype, self.embed, self.hidden = forward.dtype, forward.embed, self.model.hidden
         self.threads = ThreadChooser()
+
+    @staticmethod
+    def block_attention(forward) -> int:
+        """How the step attends, as kernels/decode.c's `amx_attention` takes it: over key blocks packed once and
+        shared by the sequences that read them, with AMX tile products (1) or, on a CPU with AVX512-BF16 but no
+        AMX, vector products (2); else each sequence alone in float32 (0). Bfloat16 KV and head size 64 only."""
+        if FusedDecode.amx_attention(forward):
+            return 1
+        if forward.dtype == torch.bfloat16 and forward.head_dim == native.AMX_HEAD_DIM \
+                and native.bf16_attention_unavailable_reason() is None:
+            return 2
+        return 0
 
     @staticmethod
     def amx_attention(forward) -> bool:

@@ -80,7 +80,7 @@ class Runner:
         # the same tree block, dropped with the last one (docs/batching.md "Packed once")
         self._packs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._decode_packs = self.lean is not None and self.lean.fused is not None \
-            and FusedDecode.amx_attention(self.lean)
+            and FusedDecode.block_attention(self.lean) != 0
 
     @staticmethod
     def _lean_forward(loaded: LoadedModel) -> LlamaForward:
@@ -91,8 +91,8 @@ class Runner:
             loaded.prepared["lean"] = LlamaForward(loaded.model, projections)
             if loaded.weights.quantized:
                 lean = loaded.prepared["lean"]
-                fused = "in one native call per step" + (
-                    ", attention on AMX tiles" if FusedDecode.amx_attention(lean) else "")
+                fused = "in one native call per step" + ("", ", attention on AMX tiles",
+                                                         ", attention on AVX512-BF16")[FusedDecode.block_attention(lean)]
                 log.warning("segcache: weights %s: %s; decode %s", loaded.weights.format, projections.summary(),
                             fused if lean.fused is not None else f"per tensor op ({lean.fused_reason})")
         return loaded.prepared["lean"]
@@ -121,7 +121,8 @@ class Runner:
         if self.lean.fused is None:
             decode = "torch ops per step"
         else:
-            tiles = ", attention on amx-bf16 tiles" if FusedDecode.amx_attention(self.lean) else ""
+            tiles = ("", ", attention on amx-bf16 tiles", ", attention on avx512-bf16 over shared key blocks")[
+                FusedDecode.block_attention(self.lean)]
             decode = "one native call per step" + tiles
         return {"projections": projections, "prefill": prefill, "decode": decode}
 

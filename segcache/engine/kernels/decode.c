@@ -32,7 +32,8 @@ typedef struct {
     int head_q8;                    /* output layer: 1 = Q8 blocks, 0 = Q4 */
     int layers_q8;                  /* layer projections: 1 = Q8 blocks (int8), 0 = Q4 (int4) */
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
-    int amx_attention;              /* 1: attention on AMX tiles (attend_piece_amx; bfloat16 KV, head size 64) */
+    int amx_attention;              /* attention on packed key blocks (attend_piece_amx; bfloat16 KV, head size 64):
+                                       1 with AMX tile products, 2 with AVX512-BF16 vector products; 0: attend_piece */
     int slabs;                      /* 1: every projection in amx_qmatmul.c's slabs (codes only), 0: in rows */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
     const int64_t *post_norm;
@@ -223,7 +224,8 @@ static void store_kv(void *cache, int64_t at, const float *v, int64_t n, int bf1
 
 #include "amx_attention.c"
 
-/* Decode attention on AMX tiles, where the CPU has them (bfloat16 KV, head size 64): one (KV head g, piece)
+/* Decode attention on AMX tiles, where the CPU has them (bfloat16 KV, head size 64), or else on AVX512-BF16
+   vectors (vec_products: the same packed blocks and products, other bits): one (KV head g, piece)
    of every sequence of the step that reaches the piece, in one work item. A query row's arithmetic: its
    piece's keys in blocks of 64 at fixed positions, S = q K^T and P V as tile products (a query per tile
    row, K and V packed by amx_attention.c `pack_kv`), an online float32 softmax; the piece's (largest, sum, values) go to `merge` as
@@ -249,20 +251,60 @@ typedef struct {                    /* one thread's scratch, for a step of B seq
     char *done;
 } AmxScratch;
 
+/* tile_products on AVX512-BF16 vectors, for CPUs without AMX: rows 0..rows-1 of out (16 x 64 float32) = A B,
+   A's two tiles at a0 and a1 (row stride a_stride bytes), B's eight tiles at b as tile_products reads them.
+   Row i, column 16 j + c: the words of A's row (a pair of bfloat16 each) broadcast against B's rows, summed in
+   a fixed order (a0's words 0..15, then a1's), four rows at a time sharing B's loads; a row's bits never
+   depend on the rows beside it. */
+static inline void vec_products(const uint16_t *a0, const uint16_t *a1, int a_stride, const uint16_t *b, float *out,
+                                int rows) {
+    for (int i = 0; i < rows; i += 4) {
+        __m512 acc[4][4];
+        const int32_t *row[2][4];
+        for (int k = 0; k < 4; k++) {
+            int at = i + k < rows ? i + k : rows - 1;            /* past the last row: the last again, not stored */
+            row[0][k] = (const int32_t *)((const char *)a0 + (int64_t)at * a_stride);
+            row[1][k] = (const int32_t *)((const char *)a1 + (int64_t)at * a_stride);
+            for (int j = 0; j < 4; j++)
+                acc[k][j] = _mm512_setzero_ps();
+        }
+        for (int half = 0; half < 2; half++)
+            for (int r = 0; r < 16; r++) {
+                __m512bh w[4];
+                for (int j = 0; j < 4; j++)
+                    w[j] = (__m512bh)_mm512_load_si512((const void *)(b + (half * 4 + j) * 512 + r * 32));
+                for (int k = 0; k < 4; k++) {
+                    __m512bh x = (__m512bh)_mm512_set1_epi32(row[half][k][r]);
+                    for (int j = 0; j < 4; j++)
+                        acc[k][j] = _mm512_dpbf16_ps(acc[k][j], w[j], x);
+                }
+            }
+        for (int k = 0; k < 4 && i + k < rows; k++)
+            for (int j = 0; j < 4; j++)
+                _mm512_store_ps(out + (i + k) * 64 + j * 16, acc[k][j]);
+    }
+}
+
 /* One block of 64 keys (kt, vt in tile order) for up to 16 query rows: row r's q (64 bfloat16) at q[r], its
-   state st[r], the block's first seen[r] keys the ones it sees (1..64). */
+   state st[r], the block's first seen[r] keys the ones it sees (1..64). `amx`: the products on tiles, else on
+   vectors (vec_products). */
 static void decode_block(uint16_t *const *q, RowState *const *st, const int *seen, int rows, const uint16_t *kt,
-                         const uint16_t *vt) {
+                         const uint16_t *vt, int amx) {
     uint16_t qs[16 * ATT_DIM] __attribute__((aligned(64)));
     uint16_t ps[2 * 16 * 32] __attribute__((aligned(64)));      /* P as two tiles: keys 0..31, 32..63 */
     float s[16 * KEY_BLOCK] __attribute__((aligned(64)));
     float pv[16 * ATT_DIM] __attribute__((aligned(64)));
     float alpha[16];
-    memset(qs, 0, sizeof qs);
-    memset(ps, 0, sizeof ps);
+    if (amx) {                                    /* the tiles read all 16 rows; vec_products only `rows` */
+        memset(qs, 0, sizeof qs);
+        memset(ps, 0, sizeof ps);
+    }
     for (int r = 0; r < rows; r++)
         memcpy(qs + r * ATT_DIM, q[r], ATT_DIM * 2);
-    tile_products(qs, qs + 32, ATT_DIM * 2, kt, s);
+    if (amx)
+        tile_products(qs, qs + 32, ATT_DIM * 2, kt, s);
+    else
+        vec_products(qs, qs + 32, ATT_DIM * 2, kt, s, rows);
     const __m512 scale = _mm512_set1_ps(0.125f), minus_inf = _mm512_set1_ps(-INFINITY);
     for (int r = 0; r < rows; r++) {
         __m512 top = minus_inf;
@@ -281,7 +323,10 @@ static void decode_block(uint16_t *const *q, RowState *const *st, const int *see
         }
         _mm512_store_ps(st[r]->lsum, _mm512_fmadd_ps(_mm512_load_ps(st[r]->lsum), _mm512_set1_ps(alpha[r]), total));
     }
-    tile_products(ps, ps + 512, 64, vt, pv);
+    if (amx)
+        tile_products(ps, ps + 512, 64, vt, pv);
+    else
+        vec_products(ps, ps + 512, 64, vt, pv, rows);
     for (int r = 0; r < rows; r++) {
         __m512 a = _mm512_set1_ps(alpha[r]);
         for (int d = 0; d < ATT_DIM; d += 16)
@@ -425,13 +470,13 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
                     st[rows] = &w->rows[c * group + r];
                     seen[rows] = positions[c] + 1 - lo < KEY_BLOCK ? (int)(positions[c] + 1 - lo) : KEY_BLOCK;
                     if (++rows == 16) {
-                        decode_block(q, st, seen, rows, kt, vt);
+                        decode_block(q, st, seen, rows, kt, vt, m->amx_attention == 1);
                         rows = 0;
                     }
                 }
             }
             if (rows)
-                decode_block(q, st, seen, rows, kt, vt);
+                decode_block(q, st, seen, rows, kt, vt, m->amx_attention == 1);
         }
     }
     for (int64_t b = 0; b < B; b++) {
@@ -577,7 +622,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         {
             const int parts = omp_get_num_threads(), me = omp_get_thread_num();
             float *my_scores = scores + me * group * PIECE;
-            if (m->amx_attention)
+            if (m->amx_attention == 1)
                 configure_tiles();
             for (int64_t l = 0; l < m->num_layers; l++) {
                 #pragma omp for schedule(static)
@@ -603,7 +648,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     }
                 }
                 if (m->amx_attention) {
-                    if (m->slabs)
+                    if (m->slabs && m->amx_attention == 1)
                         configure_tiles();             /* the projections' tile shapes are not attention's */
                     #pragma omp for schedule(dynamic, 1)
                     for (int64_t item = 0; item < Hkv * most_pieces; item++)
@@ -666,7 +711,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             }
             project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, me, parts, logits,
                     m->kv_bf16, m->vocab);
-            if (m->amx_attention || m->slabs)
+            if (m->amx_attention == 1 || m->slabs)
                 _tile_release();
         }
     }

@@ -1,7 +1,9 @@
-"""The prefill attention kernels (engine/kernels/amx_attention.c): on AMX tiles, and on AVX512-BF16 vectors for
-CPUs without AMX. Each computes causal grouped-query attention, gives a query the same bits in a call of any
-size, at any place and on any thread count, reads matched tree blocks in place with the same bits, and where
-it serves the prefill attends a whole span in one call, with the cache scope saying so."""
+"""The attention kernels on AMX tiles, and on AVX512-BF16 vectors for CPUs without AMX. The prefill's
+(engine/kernels/amx_attention.c) computes causal grouped-query attention, gives a query the same bits in a
+call of any size, at any place and on any thread count, reads matched tree blocks in place with the same
+bits, and where it serves the prefill attends a whole span in one call, with the cache scope saying so. The
+decode step's (kernels/decode.c) shares a tree block's products between the sequences that read it and
+gives each its lone bits."""
 
 import pytest
 import torch
@@ -140,3 +142,57 @@ def test_without_amx_the_prefill_attends_a_whole_span_in_one_call_and_can_be_tur
     assert on == f"bf16/prefill-{native.kernel_id()}"
     monkeypatch.setenv("SEGCACHE_BF16_ATTENTION", "off")
     assert plan_weights("bf16", torch.bfloat16, None).scope_name == "bf16"
+
+
+@torch.inference_mode()
+def test_decode_attention_on_shared_blocks_gives_sequences_that_share_a_prefix_their_lone_bits(load):
+    """The fused decode step's attention over packed key blocks (kernels/decode.c `attend_piece_amx`), on AMX
+    tiles or AVX512-BF16 vectors: sequences that read the same tree block multiply its keys with all their
+    query rows in one product. Each still
+    gets, bit for bit, what it gets decoded alone, or alone from its buffer's copies of the block (packed
+    into tile order in each step, where the tree block's tiles are packed once)."""
+    from segcache.engine.fused_decode import FusedDecode
+    from segcache.engine.runner import Runner
+
+    runner = Runner(load("default", "bfloat16", "int4"), threads=2)
+    if FusedDecode.block_attention(runner.lean) == 0:
+        pytest.skip("the decode step attends per sequence here (no AVX512-BF16)")
+    assert runner.lean.fused is not None
+    tokenizer = runner.loaded.tokenizer
+    shared_ids = tuple(tokenizer("Rules every agent follows: cite the file you read. " * 60)["input_ids"])[:600]
+    warm = runner.start([], len(shared_ids))
+    runner.prefill_part(warm, shared_ids)
+    shared = runner.part_kv(warm, 0)              # a tree block: positions 0..599, read in place by decode
+    states = []
+    for agent in range(7):                        # 21 query rows per KV head: two row tiles
+        suffix = tuple(tokenizer(f"Agent {agent} asks: " + "what next? " * agent)["input_ids"])
+        state = runner.start([shared], len(shared_ids) + len(suffix) + 4)
+        runner.prefill_part(state, suffix)
+        states.append(state)
+    lone_prompt = tuple(tokenizer("A sequence with no shared block. " * 3)["input_ids"])
+    states.append(runner.start([], len(lone_prompt) + 4))
+    runner.prefill_part(states[-1], lone_prompt)
+    assert all(s.pages for s in states[:-1]) and len({s.num_tokens for s in states}) == len(states)
+    snapshot = [(s.cache.clone(), s.num_tokens) for s in states]
+    first = [int(s.last_logits.argmax()) for s in states]
+
+    def restore():
+        for state, (cache, num_tokens) in zip(states, snapshot):
+            state.cache.copy_(cache)
+            state.num_tokens = num_tokens
+
+    batched = [torch.stack(runner.decode_batch(states, first))]
+    batched.append(torch.stack(runner.decode_batch(states, [int(row.argmax()) for row in batched[0]])))
+    # the shared block's whole key blocks were packed into tile order once, for all 7 agents (the pass with
+    # pages reads those packs; the pass without reads the buffer's copies and packs them every step)
+    assert all(len(s.packs) == 600 // 64 for s in states[:-1]) and not states[-1].packs
+    assert len({s.packs[0].data_ptr() for s in states[:-1]}) == 1
+    for with_pages in (True, False):
+        restore()
+        for index, state in enumerate(states):
+            if not with_pages:
+                runner.fill_buffer(state)
+            pages, state.pages = state.pages, state.pages if with_pages else ()
+            assert torch.equal(runner.decode_step(state, first[index]), batched[0][index])
+            assert torch.equal(runner.decode_step(state, int(batched[0][index].argmax())), batched[1][index])
+            state.pages = pages
