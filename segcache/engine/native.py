@@ -104,8 +104,7 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_amx_matmul_rows": [_P, _P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
     "segcache_amx_q_matmul_rows": [_I, _P, _P, _I, _I64, _I64, _P, _I64, _P, _I],
-    "segcache_amx_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
-    "segcache_bf16_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I],
+    "segcache_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
     "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
     "segcache_rope_kv": [_P, _I64, _I64, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64, _I],
@@ -418,7 +417,7 @@ def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, s
     the last one's `to` in place of the buffer. A query's bits depend on its q and its keys only, never on
     the call's other queries nor on where its keys are read from. Written into `out` where given."""
     _require_amx()
-    return _attention(library().segcache_amx_attention, "AMX", qkv, keys, values, start, heads, kv_heads, head_dim,
+    return _attention(1, "AMX", qkv, keys, values, start, heads, kv_heads, head_dim,
                       pages, layer, out)
 
 
@@ -440,11 +439,11 @@ def bf16_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     arguments and the same independence of a query's bits from the call, other bits than the AMX kernel's."""
     if bf16_attention_unavailable_reason() is not None:
         raise RuntimeError(f"bfloat16 attention unavailable: {bf16_attention_unavailable_reason()}")
-    return _attention(library().segcache_bf16_attention, "bfloat16", qkv, keys, values, start, heads, kv_heads,
+    return _attention(0, "bfloat16", qkv, keys, values, start, heads, kv_heads,
                       head_dim, pages, layer, out)
 
 
-def _attention(entry, name: str, qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
+def _attention(amx: int, name: str, qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
                heads: int, kv_heads: int, head_dim: int, pages: torch.Tensor | None, layer: int,
                out: torch.Tensor | None) -> torch.Tensor:
     num_rows = qkv.shape[0]
@@ -454,9 +453,9 @@ def _attention(entry, name: str, qkv: torch.Tensor, keys: torch.Tensor, values: 
         raise ValueError(f"{name} attention needs bfloat16 unit-stride rows and contiguous keys and values")
     num_pages = 0 if pages is None else pages.shape[0]
     threads = _threads if num_rows * (start + num_rows) >= 4096 else 1
-    status = entry(qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(), keys.shape[1],
-                   pages.data_ptr() if num_pages else None, num_pages, layer, heads, kv_heads, head_dim, start,
-                   num_rows, out.data_ptr(), threads)
+    status = library().segcache_attention(qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(),
+                                          keys.shape[1], pages.data_ptr() if num_pages else None, num_pages, layer,
+                                          heads, kv_heads, head_dim, start, num_rows, out.data_ptr(), threads, amx)
     if status != 0:
         raise RuntimeError(f"{name} attention refused {heads} heads of {head_dim} over {kv_heads} KV heads"
                            + (f" and pages {pages.tolist()}" if num_pages else ""))

@@ -424,11 +424,13 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
    blocks (L, 2, kv_heads, capacity, 64) read at `layer`, covering positions 0 .. the last one's `to` in order;
    the buffer holds the positions after them. The values are the same wherever they are read from, and so
    are the bits. Returns 0, or -1 for a shape it does not take (head_dim not 64, heads not a multiple of
-   kv_heads), pages that do not tile positions 0 .. start - 1 from 0, or when memory ran out. */
-static int attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
-                     int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer, int64_t heads,
-                     int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T, uint16_t *out, int threads,
-                     int amx) {
+   kv_heads), pages that do not tile positions 0 .. start - 1 from 0, or when memory ran out. `amx`: the
+   products on AMX tiles (1), or on AVX512-BF16 vectors for CPUs without AMX (0; other bits than the tiles',
+   the same independence of a query from the call). */
+int segcache_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
+                       int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer, int64_t heads,
+                       int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T, uint16_t *out, int threads,
+                       int amx) {
     if (head_dim != ATT_DIM || T <= 0 || kv_heads <= 0 || heads % kv_heads || start + T > capacity
         || num_pages < 0 || (num_pages && !pages))
         return -1;
@@ -489,22 +491,4 @@ static int attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, 
     free(kblocks);
     free(sources);
     return 0;
-}
-
-int segcache_amx_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
-                           int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer,
-                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T,
-                           uint16_t *out, int threads) {
-    return attention(q, q_stride, keys, values, capacity, pages, num_pages, layer, heads, kv_heads, head_dim, start,
-                     T, out, threads, 1);
-}
-
-/* The same attention on AVX512-BF16 vectors (no tile instruction): for CPUs without AMX. Other bits than the
-   AMX kernel's (the products sum in another order), the same independence of a query from the call. */
-int segcache_bf16_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys, const uint16_t *values,
-                            int64_t capacity, const int64_t *pages, int64_t num_pages, int64_t layer,
-                            int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t start, int64_t T,
-                            uint16_t *out, int threads) {
-    return attention(q, q_stride, keys, values, capacity, pages, num_pages, layer, heads, kv_heads, head_dim, start,
-                     T, out, threads, 0);
 }
