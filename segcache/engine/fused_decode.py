@@ -7,8 +7,9 @@
 Eligible: every layer projection on the VNNI block kernels, all Q4 (int4) or all Q8 (int8), the output
 layer on Q4 or Q8 blocks, no projection biases, a head size that is a multiple of 16 (<= 128), up to 8
 query heads per KV head, KV buffers in bfloat16 or float32. `FusedDecode.unsupported` says why not
-otherwise, for the start-up log. On a CPU with AMX, with bfloat16 KV and head size 64, the step's attention
-runs on tiles, and sequences that read the same tree block share its tile products (`amx_attention`).
+otherwise, for the start-up log. With bfloat16 KV and head size 64, the step's attention runs over key blocks
+packed once, on AMX tiles or else on AVX512-BF16 vectors, and sequences that read the same tree block share its
+products (`block_attention`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "heads", "kv_heads", "head_dim",
                                                     "inter", "vocab", "max_positions")] + [
         ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("layers_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int),
-        ("amx_attention", ctypes.c_int), ("slabs", ctypes.c_int)] + [
+        ("block_attention", ctypes.c_int), ("slabs", ctypes.c_int)] + [
         (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "qkv_scales", "o_codes",
                                              "o_scales", "gate_up_codes", "gate_up_scales", "down_codes",
                                              "down_scales", "final_norm", "head_codes", "head_scales",
@@ -59,7 +60,7 @@ class FusedDecode:
             kv_heads=forward.num_kv_heads, head_dim=forward.head_dim, inter=inter, vocab=head.num_out,
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
             layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
-            kv_bf16=int(forward.dtype == torch.bfloat16), amx_attention=self.block_attention(forward),
+            kv_bf16=int(forward.dtype == torch.bfloat16), block_attention=self.block_attention(forward),
             slabs=int(head.layout == "slabs"),
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
@@ -77,7 +78,7 @@ class FusedDecode:
 
     @staticmethod
     def block_attention(forward) -> int:
-        """How the step attends, as kernels/decode.c's `amx_attention` takes it: over key blocks packed once and
+        """How the step attends, as kernels/decode.c's `block_attention` takes it: over key blocks packed once and
         shared by the sequences that read them, with AMX tile products (1) or, on a CPU with AVX512-BF16 but no
         AMX, vector products (2); else each sequence alone in float32 (0). Bfloat16 KV and head size 64 only."""
         if FusedDecode.amx_attention(forward):

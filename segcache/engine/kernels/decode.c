@@ -32,7 +32,7 @@ typedef struct {
     int head_q8;                    /* output layer: 1 = Q8 blocks, 0 = Q4 */
     int layers_q8;                  /* layer projections: 1 = Q8 blocks (int8), 0 = Q4 (int4) */
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
-    int amx_attention;              /* attention on packed key blocks (attend_piece_amx; bfloat16 KV, head size 64):
+    int block_attention;            /* attention on packed key blocks (attend_piece_amx; bfloat16 KV, head size 64):
                                        1 with AMX tile products, 2 with AVX512-BF16 vector products; 0: attend_piece */
     int slabs;                      /* 1: every projection in amx_qmatmul.c's slabs (codes only), 0: in rows */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
@@ -470,13 +470,13 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
                     st[rows] = &w->rows[c * group + r];
                     seen[rows] = positions[c] + 1 - lo < KEY_BLOCK ? (int)(positions[c] + 1 - lo) : KEY_BLOCK;
                     if (++rows == 16) {
-                        decode_block(q, st, seen, rows, kt, vt, m->amx_attention == 1);
+                        decode_block(q, st, seen, rows, kt, vt, m->block_attention == 1);
                         rows = 0;
                     }
                 }
             }
             if (rows)
-                decode_block(q, st, seen, rows, kt, vt, m->amx_attention == 1);
+                decode_block(q, st, seen, rows, kt, vt, m->block_attention == 1);
         }
     }
     for (int64_t b = 0; b < B; b++) {
@@ -538,7 +538,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
     const int64_t qkv_n = (H + 2 * Hkv) * D;
     if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0
-        || (m->amx_attention && (!m->kv_bf16 || D != ATT_DIM)))
+        || (m->block_attention && (!m->kv_bf16 || D != ATT_DIM)))
         return -1;
     for (int64_t b = 0; b < B; b++)
         if (positions[b] >= capacities[b] || positions[b] >= m->max_positions || positions[b] < 0)
@@ -602,8 +602,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     int64_t most_pieces = 0;                      /* the AMX attention's items: (KV head, piece) */
     for (int64_t b = 0; b < B; b++)
         most_pieces = (positions[b] + PIECE) / PIECE > most_pieces ? (positions[b] + PIECE) / PIECE : most_pieces;
-    AmxScratch *amx = m->amx_attention ? calloc((size_t)threads, sizeof(AmxScratch)) : NULL;
-    int amx_ok = !m->amx_attention || amx != NULL;
+    AmxScratch *amx = m->block_attention ? calloc((size_t)threads, sizeof(AmxScratch)) : NULL;
+    int amx_ok = !m->block_attention || amx != NULL;
     for (int t = 0; amx && t < threads; t++) {
         amx[t] = (AmxScratch){aligned_alloc(64, (size_t)(B * group) * sizeof(RowState)),
                               aligned_alloc(64, (size_t)(B * group * ATT_DIM) * 2),
@@ -622,7 +622,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         {
             const int parts = omp_get_num_threads(), me = omp_get_thread_num();
             float *my_scores = scores + me * group * PIECE;
-            if (m->amx_attention == 1)
+            if (m->block_attention == 1)
                 configure_tiles();
             for (int64_t l = 0; l < m->num_layers; l++) {
                 #pragma omp for schedule(static)
@@ -647,8 +647,8 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                                  m->kv_bf16);
                     }
                 }
-                if (m->amx_attention) {
-                    if (m->slabs && m->amx_attention == 1)
+                if (m->block_attention) {
+                    if (m->slabs && m->block_attention == 1)
                         configure_tiles();             /* the projections' tile shapes are not attention's */
                     #pragma omp for schedule(dynamic, 1)
                     for (int64_t item = 0; item < Hkv * most_pieces; item++)
@@ -711,7 +711,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             }
             project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, me, parts, logits,
                     m->kv_bf16, m->vocab);
-            if (m->amx_attention == 1 || m->slabs)
+            if (m->block_attention == 1 || m->slabs)
                 _tile_release();
         }
     }
