@@ -1,4 +1,5 @@
-/* Causal grouped-query attention of a prefill forward on AMX tiles, head_dim 64, bfloat16 in and out.
+/* Causal grouped-query attention of a prefill forward on AMX tiles, or on AVX512-BF16 vectors where the CPU
+   has no AMX (block_scores_vec, block_values_vec), head_dim 64, bfloat16 in and out.
 
        q    (T, heads * 64)   rows of the fused projection's output (row stride q_stride elements)
        K, V (kv_heads, capacity, 64)   one layer's KV buffer, filled from position start (or 0) to start + T - 1;
@@ -250,7 +251,7 @@ static inline void block_values(const uint16_t *pt, const uint16_t *v, float *ot
     }
 }
 
-/* The same two products on AVX512-BF16 vectors, for CPUs without AMX (segcache_bf16_attention). Q^T and P^T
+/* The same two products on AVX512-BF16 vectors, for CPUs without AMX (segcache_attention, amx 0). Q^T and P^T
    are laid out as above: row r of a tile holds pair r (dims 2r, 2r + 1; keys 2r, 2r + 1) of the 16 queries,
    one 32-bit word per query. A key's dim pair (or a key pair's value of a dim, from pack_values_pairs) is
    broadcast to all 16 lanes; each lane sums its pairs in a fixed order (dims 0..63; keys 0..63 of the block),
