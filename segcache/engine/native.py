@@ -417,8 +417,7 @@ def amx_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, s
     the last one's `to` in place of the buffer. A query's bits depend on its q and its keys only, never on
     the call's other queries nor on where its keys are read from. Written into `out` where given."""
     _require_amx()
-    return _attention(1, "AMX", qkv, keys, values, start, heads, kv_heads, head_dim,
-                      pages, layer, out)
+    return _attention(1, "AMX", qkv, keys, values, start, heads, kv_heads, head_dim, pages, layer, out)
 
 
 def bf16_attention_unavailable_reason() -> str | None:
@@ -426,10 +425,13 @@ def bf16_attention_unavailable_reason() -> str | None:
     turns it off (the prefill attends block by block on the library's kernel, as before it)."""
     if os.environ.get("SEGCACHE_BF16_ATTENTION", "").lower() in ("0", "off", "no"):
         return "SEGCACHE_BF16_ATTENTION=off"
-    reason = unavailable_reason()
-    if reason is None and "avx512_bf16" not in _cpu_flags():
-        reason = "the CPU lacks avx512_bf16"
-    return reason
+    return unavailable_reason() or _bf16()
+
+
+@lru_cache(maxsize=1)
+def _bf16() -> str | None:
+    """Whether the CPU lacks AVX512-BF16, read once per process (not from /proc/cpuinfo on every prefill layer)."""
+    return None if "avx512_bf16" in _cpu_flags() else "the CPU lacks avx512_bf16"
 
 
 def bf16_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, heads: int,
@@ -437,10 +439,10 @@ def bf16_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """`amx_attention` on AVX512-BF16 vectors, for CPUs without AMX (kernels/amx_attention.c): the same
     arguments and the same independence of a query's bits from the call, other bits than the AMX kernel's."""
-    if bf16_attention_unavailable_reason() is not None:
-        raise RuntimeError(f"bfloat16 attention unavailable: {bf16_attention_unavailable_reason()}")
-    return _attention(0, "bfloat16", qkv, keys, values, start, heads, kv_heads,
-                      head_dim, pages, layer, out)
+    reason = unavailable_reason() or _bf16()
+    if reason is not None:
+        raise RuntimeError(f"bfloat16 attention unavailable: {reason}")
+    return _attention(0, "bfloat16", qkv, keys, values, start, heads, kv_heads, head_dim, pages, layer, out)
 
 
 def _attention(amx: int, name: str, qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
