@@ -61,7 +61,7 @@ class FusedDecode:
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
             layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
             kv_bf16=int(forward.dtype == torch.bfloat16), block_attention=self.block_attention(forward),
-            slabs=int(head.layout == "slabs"),
+            slabs=(1 if native.slab_tiles() else 2) if head.layout == "slabs" else 0,
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
             qkv_scales=addresses([l.qkv.blocks.scales for l in layers]),

@@ -102,8 +102,8 @@ _SIGNATURES = {   # every entry point of the library returns an int status: 0, o
     "segcache_amx_init": [],
     "segcache_amx_matmul": [_P, _I64, _I64, _P, _P, _I64, _P, _I],
     "segcache_amx_matmul_rows": [_P, _P, _I64, _I64, _P, _P, _I64, _P, _I],
-    "segcache_amx_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I],
-    "segcache_amx_q_matmul_rows": [_I, _P, _P, _I, _I64, _I64, _P, _I64, _P, _I],
+    "segcache_slab_q_matmul": [_I, _P, _I, _I64, _I64, _P, _I64, _P, _I, _I],
+    "segcache_slab_q_matmul_rows": [_I, _P, _P, _I, _I64, _I64, _P, _I64, _P, _I, _I],
     "segcache_attention": [_P, _I64, _P, _P, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I, _I],
     "segcache_silu_mul": [_P, _I64, _I64, _P, _I],
     "segcache_add_rms_norm": [_P, _P, _I64, _I64, _P, ctypes.c_float, _P, _I],
@@ -209,10 +209,9 @@ class BlockWeights:
         threads = self._threads()
         is_bf16 = int(x.dtype == torch.bfloat16)
         if self.layout == "slabs":
-            _require_amx()
-            status = kernels.segcache_amx_q_matmul(int(self.kind == "q8"), x.data_ptr(), is_bf16, x.shape[0],
-                                                   self.num_in, self.codes.data_ptr(), self.num_out, out.data_ptr(),
-                                                   threads)
+            status = kernels.segcache_slab_q_matmul(int(self.kind == "q8"), x.data_ptr(), is_bf16, x.shape[0],
+                                                    self.num_in, self.codes.data_ptr(), self.num_out, out.data_ptr(),
+                                                    threads, slab_tiles())
         else:
             function = kernels.segcache_q4_matmul if self.kind == "q4" else kernels.segcache_q8_matmul
             status = function(x.data_ptr(), is_bf16, x.shape[0], self.num_in, self.codes.data_ptr(),
@@ -228,9 +227,10 @@ class BlockWeights:
         if rows.numel() == 0:
             return out
         threads = self._threads()
-        status = library().segcache_amx_q_matmul_rows(int(self.kind == "q8"), x.data_ptr(), rows.data_ptr(),
-                                                      int(x.dtype == torch.bfloat16), rows.numel(), self.num_in,
-                                                      self.codes.data_ptr(), self.num_out, out.data_ptr(), threads)
+        status = library().segcache_slab_q_matmul_rows(int(self.kind == "q8"), x.data_ptr(), rows.data_ptr(),
+                                                       int(x.dtype == torch.bfloat16), rows.numel(), self.num_in,
+                                                       self.codes.data_ptr(), self.num_out, out.data_ptr(), threads,
+                                                       slab_tiles())
         if status != 0:
             raise RuntimeError(f"{self.kind} kernel refused {rows.numel()} rows of a ({x.shape[0]}, {self.num_in}) "
                                "input")
@@ -254,8 +254,13 @@ def _check_rows(x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor, n
 
 
 def block_layout() -> str:
-    """"slabs" where the AMX integer kernels serve (amx_qmatmul.c), else "rows" (qmatmul.c)."""
-    return "slabs" if amx_unavailable_reason() is None else "rows"
+    """"slabs" (amx_qmatmul.c), or "rows" (qmatmul.c's kernels) where SEGCACHE_BLOCK_LAYOUT=rows asks for them."""
+    return "rows" if os.environ.get("SEGCACHE_BLOCK_LAYOUT", "").lower() == "rows" else "slabs"
+
+
+def slab_tiles() -> int:
+    """1 where the slab kernels take tile products (AMX-INT8), 0 where they run on VNNI alone: the same bits."""
+    return int(amx_unavailable_reason() is None)
 
 
 def _slabs(codes: torch.Tensor, *parts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -28,15 +28,12 @@ def _reference_matmul(x: torch.Tensor, weights_dense: torch.Tensor) -> torch.Ten
     return (q * dx).view(num_rows, num_in) @ weights_dense.double().T
 
 
-LAYOUTS = ["rows"] + (["slabs"] if native.amx_unavailable_reason() is None else [])
-
-
-@pytest.fixture(params=LAYOUTS)
+@pytest.fixture(params=["rows", "slabs"])
 def layout(request, monkeypatch):
-    """Weights packed in each block layout this machine can serve: "slabs" (amx_qmatmul.c) where AMX is,
-    "rows" (qmatmul.c's VNNI kernels, what a CPU without AMX runs) everywhere."""
+    """Weights packed in each block layout: "slabs" (amx_qmatmul.c: tile products where AMX is, VNNI alone
+    elsewhere; what serves by default) and "rows" (qmatmul.c's VNNI kernels, SEGCACHE_BLOCK_LAYOUT=rows)."""
     if request.param == "rows":
-        monkeypatch.setenv("SEGCACHE_AMX", "off")
+        monkeypatch.setenv("SEGCACHE_BLOCK_LAYOUT", "rows")
     assert native.block_layout() == request.param
     return request.param
 
@@ -56,7 +53,7 @@ def _random_q8(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
 
 @pytest.mark.parametrize("kind", ["q4", "q8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("num_rows", [5, 13])          # slabs: 13 rows run on tiles, 5 without
+@pytest.mark.parametrize("num_rows", [5, 13])          # slabs: with AMX 13 rows run on tiles, 5 without
 def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind, dtype, num_rows, layout):
     weights = _random_q4(200, 576, 1) if kind == "q4" else _random_q8(200, 576, 1)    # 200: not whole groups of 16
     assert weights.layout == layout
@@ -85,6 +82,18 @@ def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind, layout
         results.append(linear(x))
     native.set_threads(2)
     assert all(torch.equal(result, results[0]) for result in results)
+
+
+@pytest.mark.skipif(native.amx_unavailable_reason() is not None, reason="compares tile products with VNNI: needs AMX")
+@pytest.mark.parametrize("kind", ["q4", "q8"])
+def test_the_slab_kernels_give_the_same_bits_on_tiles_and_on_vnni_alone(kind, monkeypatch):
+    weights = _random_q4(200, 576, 6) if kind == "q4" else _random_q8(200, 576, 6)
+    assert weights.layout == "slabs"
+    x = torch.randn((40, 576), generator=torch.Generator().manual_seed(7)).bfloat16()
+    tiles = weights.matmul(x)
+    monkeypatch.setenv("SEGCACHE_AMX", "off")
+    assert native.slab_tiles() == 0
+    assert torch.equal(weights.matmul(x), tiles)
 
 
 def test_inputs_that_are_not_whole_pairs_of_blocks_are_refused(layout):
@@ -221,23 +230,25 @@ def test_a_fused_row_has_the_same_bits_in_any_batch_and_on_any_thread_count(int4
             assert torch.equal(state.cache[:, :, :, :positions[index] + 1], batched_kv[index])
 
 
-def test_without_amx_the_fused_step_runs_the_row_layout_with_the_same_guarantees(monkeypatch, int4_runner):
-    """What a CPU without AMX runs (qmatmul.c's kernels inside decode.c): rows that keep their bits in any
-    batch, and the greedy choice of the tile layout's kernels up to their float rounding."""
+@pytest.mark.parametrize("setting", ["SEGCACHE_BLOCK_LAYOUT=rows", "SEGCACHE_AMX=off"])
+def test_the_fused_step_on_other_block_kernels_keeps_the_same_guarantees(setting, monkeypatch, int4_runner):
+    """The fused step on qmatmul.c's row layout (SEGCACHE_BLOCK_LAYOUT=rows), and on the slabs without tile
+    products (what a CPU without AMX runs): rows that keep their bits in any batch, and the greedy choice of the
+    default kernels up to their float rounding."""
     from segcache.engine.fused_decode import first_variant_row
     from segcache.engine.model import load_model
     from segcache.engine.runner import Runner
 
-    monkeypatch.setenv("SEGCACHE_AMX", "off")
+    monkeypatch.setenv(*setting.split("="))
     runner = Runner(load_model("default", "bfloat16", weights="int4"), threads=2)
-    assert runner.lean.fused is not None and runner.lean.fused.model.slabs == 0
+    assert runner.lean.fused is not None and runner.lean.fused.model.slabs == (0 if "ROWS" in setting.upper() else 2)
     assert first_variant_row(runner.lean, 6) is None
     prompt = runner.loaded.tokenizer("The capital of France is a city called")["input_ids"]
-    rows_tokens, rows_logits = _greedy(runner, prompt, 2)
-    tile_tokens, tile_logits = _greedy(int4_runner, prompt, 2)
-    assert rows_tokens[0] == tile_tokens[0]
-    log_rows, log_tiles = (torch.log_softmax(l[0].float(), -1) for l in (rows_logits, tile_logits))
-    assert torch.nn.functional.kl_div(log_rows, log_tiles, log_target=True, reduction="sum") < 0.05
+    other_tokens, other_logits = _greedy(runner, prompt, 2)
+    tokens, logits = _greedy(int4_runner, prompt, 2)
+    assert other_tokens[0] == tokens[0]
+    log_other, log_default = (torch.log_softmax(l[0].float(), -1) for l in (other_logits, logits))
+    assert torch.nn.functional.kl_div(log_other, log_default, log_target=True, reduction="sum") < 0.05
 
 
 def test_the_thread_count_follows_the_measured_step_time():

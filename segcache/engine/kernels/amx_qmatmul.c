@@ -56,12 +56,16 @@ static void aq_configure(int rows) {
     _tile_loadconfig(&config);
 }
 
-/* A row's activations for the tile kernels: q (K int8), and per block dx and xs = dx * sum of q. */
-static void aq_quantize_row(const void *x, int is_bf16, int64_t at, int64_t K, int8_t *q, float *dx, float *xs) {
+/* A row's activations for the tile kernels: q (K int8), and per block dx, xs = dx * sum of q and (`qs` not
+   NULL) the sum of q itself. */
+static void aq_quantize_row(const void *x, int is_bf16, int64_t at, int64_t K, int8_t *q, float *dx, float *xs,
+                            int32_t *qs) {
     for (int64_t b = 0; b < K / AQ_IN; b++) {
         int total;
         quantize_block(x, is_bf16, at + b * AQ_IN, q + b * AQ_IN, &dx[b], &total);
         xs[b] = dx[b] * (float)total;
+        if (qs)
+            qs[b] = total;
     }
 }
 
@@ -249,11 +253,90 @@ static void aq_group_vnni(int q8, const int8_t *q, const float *dx, const float 
     aq_store(s->acc, rows, g, N, y, out_bf16);
 }
 
+/* CPUs without AMX (AVX512-VNNI alone) run every row count this way: R (<= AQ_VNNI_TILE) rows of a group with
+   their accumulators in registers, each block's weights unpacked once for the R rows, and the same integer
+   sums (Q8: started at -128 * the activations' sum, `qs`) and aq_step's scaling as every other path. */
+#define AQ_VNNI_TILE 8
+
+static inline __attribute__((always_inline)) void
+aq_vnni_tile(const int R, int q8, const int8_t *q, const float *dx, const float *xs, const int32_t *qs, int64_t K,
+             const uint8_t *slabs, int64_t g, int64_t N, void *y, int out_bf16, float *spill) {
+    const int64_t blocks = K / AQ_IN, slab = aq_slab_bytes(q8);
+    const __m512i low = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[AQ_VNNI_TILE];
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *codes = slabs + b * slab;
+        for (int64_t line = 0; line < slab; line += 64)
+            _mm_prefetch((const char *)codes + AQ_PREFETCH + line, _MM_HINT_T0);
+        __m512i w[8];
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            if (q8) {
+                w[i] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 64 * i)), flip);
+                w[i + 4] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 256 + 64 * i)), flip);
+            } else {
+                __m512i v = _mm512_loadu_si512((const void *)(codes + 64 * i));
+                w[i] = _mm512_and_si512(v, low);
+                w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            }
+        }
+        __m512 d, m;
+        aq_block_scales(q8, codes, &d, &m);
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const int8_t *a = q + r * K + b * AQ_IN;
+            __m512i sums = q8 ? _mm512_set1_epi32(-128 * qs[r * blocks + b]) : _mm512_setzero_si512();
+            #pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                int32_t four;
+                memcpy(&four, a + 4 * i, 4);
+                sums = _mm512_dpbusd_epi32(sums, w[i], _mm512_set1_epi32(four));
+            }
+            acc[r] = aq_step(q8, acc[r], sums, d, m, dx[r * blocks + b], xs[r * blocks + b]);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+        _mm512_store_ps(spill + 16 * r, acc[r]);
+    aq_store(spill, R, g, N, y, out_bf16);
+}
+
+/* Groups g0..g1 for M rows on VNNI alone: group by group (its weights stay in cache), AQ_VNNI_TILE rows at a
+   time. */
+static void aq_rows_vnni(int q8, const int8_t *q, const float *dx, const float *xs, const int32_t *qs, int64_t M,
+                         int64_t K, const uint8_t *packed, int64_t g0, int64_t g1, int64_t N, void *y, int out_bf16,
+                         AqScratch *s) {
+    const int64_t blocks = K / AQ_IN, group_bytes = blocks * aq_slab_bytes(q8);
+    for (int64_t g = g0; g < g1; g++) {
+        const uint8_t *slabs = packed + g * group_bytes;
+        for (int64_t m0 = 0; m0 < M; m0 += AQ_VNNI_TILE) {
+            const int rows = M - m0 < AQ_VNNI_TILE ? (int)(M - m0) : AQ_VNNI_TILE;
+            const int8_t *qc = q + m0 * K;
+            const float *dxc = dx + m0 * blocks, *xsc = xs + m0 * blocks;
+            const int32_t *qsc = qs + m0 * blocks;
+            void *yc = (char *)y + (out_bf16 ? 2 : 4) * m0 * N;
+            switch (rows) {
+#define AQ_TILE_CASE(R_) case R_: aq_vnni_tile(R_, q8, qc, dxc, xsc, qsc, K, slabs, g, N, yc, out_bf16, s->acc); break;
+                AQ_TILE_CASE(1) AQ_TILE_CASE(2) AQ_TILE_CASE(3) AQ_TILE_CASE(4)
+                AQ_TILE_CASE(5) AQ_TILE_CASE(6) AQ_TILE_CASE(7) AQ_TILE_CASE(8)
+#undef AQ_TILE_CASE
+            }
+        }
+    }
+}
+
 /* Groups g0..g1 of outputs for M rows of prepared activations, in chunks of 16 rows; configures the tiles
-   (the caller reconfigures its own after). */
-static void aq_rows(int q8, const int8_t *q, const float *dx, const float *xs, int64_t M, int64_t K,
-                    const uint8_t *packed, int64_t g0, int64_t g1, int64_t N, void *y, int out_bf16,
-                    AqScratch *s) {
+   (the caller reconfigures its own after). `amx` 0: aq_rows_vnni (no tile instruction runs). */
+static void aq_rows(int amx, int q8, const int8_t *q, const float *dx, const float *xs, const int32_t *qs,
+                    int64_t M, int64_t K, const uint8_t *packed, int64_t g0, int64_t g1, int64_t N, void *y,
+                    int out_bf16, AqScratch *s) {
+    if (!amx) {
+        aq_rows_vnni(q8, q, dx, xs, qs, M, K, packed, g0, g1, N, y, out_bf16, s);
+        return;
+    }
     const int64_t blocks = K / AQ_IN, group_bytes = blocks * aq_slab_bytes(q8);
     for (int64_t m0 = 0; m0 < M; m0 += AQ_ROWS) {
         const int rows = M - m0 < AQ_ROWS ? (int)(M - m0) : AQ_ROWS;
@@ -275,19 +358,21 @@ static void aq_rows(int q8, const int8_t *q, const float *dx, const float *xs, i
 }
 
 /* y = x W^T for M rows of x, row m read from x's row rows[m] (rows NULL: row m), into y (M, N). */
-static int aq_matmul(int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
+static int aq_matmul(int amx, int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
                      const uint8_t *packed, int64_t N, void *y, int threads) {
     if (M <= 0 || K % (q8 ? AQ_IN : 64) || N <= 0)
         return -1;
     const int64_t blocks = K / AQ_IN, groups = (N + AQ_OUT - 1) / AQ_OUT;
     int8_t *q = aligned_alloc(64, (size_t)(M * K + 64));
     float *dx = malloc((size_t)(M * blocks) * sizeof(float)), *xs = malloc((size_t)(M * blocks) * sizeof(float));
-    if (!q || !dx || !xs) {
-        free(q); free(dx); free(xs);
+    int32_t *qs = malloc((size_t)(M * blocks) * sizeof(int32_t));
+    if (!q || !dx || !xs || !qs) {
+        free(q); free(dx); free(xs); free(qs);
         return -1;
     }
     for (int64_t m = 0; m < M; m++)
-        aq_quantize_row(x, is_bf16, (rows ? rows[m] : m) * K, K, q + m * K, dx + m * blocks, xs + m * blocks);
+        aq_quantize_row(x, is_bf16, (rows ? rows[m] : m) * K, K, q + m * K, dx + m * blocks, xs + m * blocks,
+                        qs + m * blocks);
     threads = threads < 1 ? 1 : threads;
     int ok = 1;
     #pragma omp parallel num_threads(threads) if (threads > 1) reduction(&& : ok)
@@ -295,36 +380,38 @@ static int aq_matmul(int q8, const void *x, const int64_t *rows, int is_bf16, in
         AqScratch *s = aligned_alloc(64, sizeof(AqScratch));
         if (s) {
             int parts = omp_get_num_threads(), part = omp_get_thread_num();
-            aq_rows(q8, q, dx, xs, M, K, packed, chunk_start(groups, parts, part), chunk_start(groups, parts, part + 1),
-                    N, y, is_bf16, s);
-            _tile_release();
+            aq_rows(amx, q8, q, dx, xs, qs, M, K, packed, chunk_start(groups, parts, part),
+                    chunk_start(groups, parts, part + 1), N, y, is_bf16, s);
+            if (amx)
+                _tile_release();
         }
         ok = s != NULL;
         free(s);
     }
-    free(q); free(dx); free(xs);
+    free(q); free(dx); free(xs); free(qs);
     return ok ? 0 : -1;
 }
 
-/* x (M, K) bfloat16 or float32, contiguous; packed as above for N outputs; y (M, N) in x's dtype. Returns
-   0, or -1 if K is not a multiple of 32 (64 for Q4) or memory ran out. */
-int segcache_amx_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t K, const uint8_t *packed,
-                          int64_t N, void *y, int threads) {
-    return aq_matmul(q8, x, NULL, is_bf16, M, K, packed, N, y, threads);
+/* x (M, K) bfloat16 or float32, contiguous; packed as above for N outputs; y (M, N) in x's dtype; `amx` 1: tile
+   products from AQ_VNNI_ROWS + 1 rows (the tile state must be granted), 0: VNNI alone. Returns 0, or -1 if K is
+   not a multiple of 32 (64 for Q4) or memory ran out. */
+int segcache_slab_q_matmul(int q8, const void *x, int is_bf16, int64_t M, int64_t K, const uint8_t *packed,
+                           int64_t N, void *y, int threads, int amx) {
+    return aq_matmul(amx, q8, x, NULL, is_bf16, M, K, packed, N, y, threads);
 }
 
 /* The same for the M rows of x (.., K) that `rows` names, each product written to the same row of y (.., N):
    a span's short blocks gathered into one call without copying them out and back (engine/llama.py `_Span`).
    The caller keeps the indices within both. */
-int segcache_amx_q_matmul_rows(int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
-                               const uint8_t *packed, int64_t N, void *y, int threads) {
+int segcache_slab_q_matmul_rows(int q8, const void *x, const int64_t *rows, int is_bf16, int64_t M, int64_t K,
+                                const uint8_t *packed, int64_t N, void *y, int threads, int amx) {
     size_t size = is_bf16 ? 2 : 4;
     if (!rows || M <= 0)
         return -1;
     char *products = aligned_alloc(64, ((size_t)(M * N) * size + 63) / 64 * 64);
     if (!products)
         return -1;
-    int status = aq_matmul(q8, x, rows, is_bf16, M, K, packed, N, products, threads);
+    int status = aq_matmul(amx, q8, x, rows, is_bf16, M, K, packed, N, products, threads);
     if (status == 0)
         for (int64_t m = 0; m < M; m++)
             memcpy((char *)y + (size_t)rows[m] * N * size, products + (size_t)m * N * size, (size_t)N * size);

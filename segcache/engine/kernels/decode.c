@@ -34,7 +34,8 @@ typedef struct {
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
     int block_attention;            /* attention on packed key blocks (attend_piece_amx; bfloat16 KV, head size 64):
                                        1 with AMX tile products, 2 with AVX512-BF16 vector products; 0: attend_piece */
-    int slabs;                      /* 1: every projection in amx_qmatmul.c's slabs (codes only), 0: in rows */
+    int slabs;                      /* every projection in amx_qmatmul.c's slabs (codes only), 1: with tile products,
+                                       2: on VNNI alone (no AMX); 0: in qmatmul.c's rows */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
     const int64_t *post_norm;
     const int64_t *qkv_codes, *qkv_scales, *o_codes, *o_scales;         /* per layer: addresses */
@@ -495,12 +496,12 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
 
 /* A step's quantized activations: Q4 or Q8 blocks per row, or for slabs int8 rows with per-block dx and xs,
    for the widest input of the model; each thread's slab scratch. */
-typedef struct { Q4Act *q4; Q8Act *q8; float *dx; int8_t *qa; float *xs; AqScratch *aq; int slabs; } Acts;
+typedef struct { Q4Act *q4; Q8Act *q8; float *dx; int8_t *qa; float *xs; int32_t *qs; AqScratch *aq; int slabs; } Acts;
 
 /* Row b of the activations (K inputs from `src`) for the projections' block kind. */
 static void prepare_row(int q8, const float *src, int64_t b, int64_t K, const Acts *a) {
     if (a->slabs)
-        aq_quantize_row(src, 0, 0, K, a->qa + b * K, a->dx + b * (K / 32), a->xs + b * (K / 32));
+        aq_quantize_row(src, 0, 0, K, a->qa + b * K, a->dx + b * (K / 32), a->xs + b * (K / 32), a->qs + b * (K / 32));
     else if (q8)
         quantize_row_q8(src, 0, 0, K, a->q8 + b * (K / 32), a->dx + b * (K / 32));
     else
@@ -512,7 +513,7 @@ static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *
                     int part, int parts, void *y, int out_bf16, int64_t N) {
     if (a->slabs) {
         const int64_t groups = (N + AQ_OUT - 1) / AQ_OUT;
-        aq_rows(q8, a->qa, a->dx, a->xs, B, K, codes, chunk_start(groups, parts, part),
+        aq_rows(a->slabs == 1, q8, a->qa, a->dx, a->xs, a->qs, B, K, codes, chunk_start(groups, parts, part),
                 chunk_start(groups, parts, part + 1), N, y, out_bf16, a->aq + part);
         return;
     }
@@ -596,7 +597,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     Acts acts = {aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act)),
                  aligned_alloc(64, (size_t)(B * widest / 32) * sizeof(Q8Act)),
                  malloc((size_t)(B * widest / 32) * sizeof(float)), aligned_alloc(64, (size_t)(B * widest + 64)),
-                 malloc((size_t)(B * widest / 32) * sizeof(float)),
+                 malloc((size_t)(B * widest / 32) * sizeof(float)), malloc((size_t)(B * widest / 32) * sizeof(int32_t)),
                  aligned_alloc(64, (size_t)threads * sizeof(AqScratch)), m->slabs};
     float *scores = malloc((size_t)(threads * group * PIECE) * sizeof(float));
     int64_t most_pieces = 0;                      /* the AMX attention's items: (KV head, piece) */
@@ -614,7 +615,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         amx_ok &= amx[t].rows && amx[t].q && amx[t].keys && amx[t].values && amx[t].kt && amx[t].vt && amx[t].source
                   && amx[t].packed && amx[t].done;
     }
-    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && acts.qa && acts.xs && acts.aq && scores
+    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && acts.qa && acts.xs && acts.qs && acts.aq && scores
              && item_start && partials && amx_ok;
     const int q8 = m->layers_q8;
     if (ok) {
@@ -648,7 +649,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     }
                 }
                 if (m->block_attention) {
-                    if (m->slabs && m->block_attention == 1)
+                    if (m->slabs == 1 && m->block_attention == 1)
                         configure_tiles();             /* the projections' tile shapes are not attention's */
                     #pragma omp for schedule(dynamic, 1)
                     for (int64_t item = 0; item < Hkv * most_pieces; item++)
@@ -711,12 +712,12 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             }
             project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, me, parts, logits,
                     m->kv_bf16, m->vocab);
-            if (m->block_attention == 1 || m->slabs)
+            if (m->block_attention == 1 || m->slabs == 1)
                 _tile_release();
         }
     }
     free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(acts.qa);
-    free(acts.xs); free(acts.aq); free(scores);
+    free(acts.xs); free(acts.qs); free(acts.aq); free(scores);
     free(table); free(first); free(item_start); free(partials);
     for (int t = 0; amx && t < threads; t++) {
         free(amx[t].rows); free(amx[t].q); free(amx[t].keys); free(amx[t].values); free(amx[t].kt); free(amx[t].vt);
