@@ -46,7 +46,8 @@ class PrefillState:
     pages: tuple[Page, ...] = ()         # the tree blocks that hold the buffer's first positions: forwards read
                                          # them in place, shared with every sequence that matched them
     packed_pages: int = 0                # how many of `pages` the packs below were made from (Runner._pack_blocks)
-    packs: tuple = ()                    # key blocks 0, 1, .. of the pages in the decode attention's tile order
+    packs: tuple = ()                    # key blocks 0, 1, .. in the decode attention's tile order: the pages'
+                                         # whole blocks, then the buffer's, each once it is whole
     pack_addresses: torch.Tensor | None = None
 
 
@@ -366,14 +367,37 @@ class Runner:
         return list(logits)
 
     def _pack_blocks(self, state: PrefillState) -> None:
-        """Pack, once, the state's key blocks of 64 that its pages hold (tree blocks) into the AMX decode
-        attention's tile order (fused_decode.pack_block), or take the packs of a running sequence whose same
-        block comes from the same tree blocks. A decode step used to pack every block it read, in every step:
-        ~25% of a 16-sequence step at ~2,700 tokens of context, and a block straddling two tree blocks was
-        copied and packed for each sequence alone. A pack lives while a running sequence holds it: at most one
-        1.5 MB copy of each block that running sequences read."""
-        if not self._decode_packs or state.packed_pages == len(state.pages):
+        """Pack, once, the state's key blocks of 64 into the decode attention's tile order
+        (fused_decode.pack_block): those its pages hold (tree blocks), shared with every running sequence whose
+        same block comes from the same tree blocks, and each block of its own buffer once the block is whole.
+        A decode step used to pack every block it read, in every step: ~25% of a 16-sequence step at ~2,700
+        tokens of context, and a block straddling two tree blocks was copied and packed for each sequence
+        alone; with the pages' blocks packed once, the buffer's blocks still cost ~30% of a 16-sequence step
+        at a few hundred tokens of context each. A tree block's pack lives while a running sequence holds it
+        (at most one 1.5 MB copy of each block that running sequences read); a buffer's packs, as much again
+        as the buffer's KV, live as long as the sequence."""
+        if not self._decode_packs:
             return
+        if state.packed_pages != len(state.pages):
+            self._pack_pages(state)
+        whole = state.num_tokens // 64
+        if len(state.packs) == whole:
+            return
+        if len(state.packs) > whole:            # the state was rewound (tests): its later blocks may change
+            state.packs = state.packs[:whole]
+        else:
+            table, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
+            pages = state.pages[:int(counts[0])]
+            covered = pages[-1].start + pages[-1].payload.shape[3] if pages else 0
+            cache = state.cache
+            buffer = torch.tensor([[cache.data_ptr(), 0, covered, state.num_tokens, cache.shape[3]]], dtype=torch.int64)
+            rows = torch.cat((table[:int(counts[0])], buffer))
+            state.packs += tuple(pack_block(rows, lo, cache.shape[0], cache.shape[2], self.threads)
+                                 for lo in range(len(state.packs) * 64, whole * 64, 64))
+        state.pack_addresses = torch.tensor([p.data_ptr() for p in state.packs], dtype=torch.int64)
+
+    def _pack_pages(self, state: PrefillState) -> None:
+        """The packs of the blocks the state's pages hold whole, shared through `_packs`."""
         table, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
         pages = state.pages[:int(counts[0])]
         covered = pages[-1].start + pages[-1].payload.shape[3] if pages else 0

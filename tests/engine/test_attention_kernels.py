@@ -196,3 +196,29 @@ def test_decode_attention_on_shared_blocks_gives_sequences_that_share_a_prefix_t
             assert torch.equal(runner.decode_step(state, first[index]), batched[0][index])
             assert torch.equal(runner.decode_step(state, int(batched[0][index].argmax())), batched[1][index])
             state.pages = pages
+
+
+@torch.inference_mode()
+def test_a_sequence_packs_each_whole_block_of_its_buffer_once_with_the_bits_of_packing_it_every_step(load):
+    """Past each 64th token of its own, a decoding sequence packs that block into tile order once and every later
+    step reads the pack (Runner._pack_blocks); a step given no packs packs every block itself: the same bits."""
+    from segcache.engine.fused_decode import FusedDecode
+    from segcache.engine.runner import Runner
+
+    runner = Runner(load("default", "bfloat16", "int4"), threads=2)
+    if FusedDecode.block_attention(runner.lean) == 0:
+        pytest.skip("the decode step attends per sequence here (no AVX512-BF16)")
+    prompt = tuple(runner.loaded.tokenizer("Notes on the build: " * 30)["input_ids"])[:126]
+    packed, unpacked = (runner.start([], len(prompt) + 8) for _ in range(2))
+    for state in (packed, unpacked):
+        runner.prefill_part(state, prompt)
+    token = int(packed.last_logits.argmax())
+    for step in range(5):                          # positions 126..130: the buffer's second block becomes whole
+        whole = packed.num_tokens // 64           # the blocks written before this step's position
+        logits = runner.decode_step(packed, token)
+        assert len(packed.packs) == whole
+        alone = runner.lean.decode((unpacked.cache,), (unpacked.num_tokens,), torch.tensor((token,)), ((),), None)[0]
+        unpacked.num_tokens += 1
+        assert torch.equal(logits, alone)
+        token = int(logits.argmax())
+    assert len(packed.packs) == 2

@@ -529,10 +529,10 @@ static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *
    pages (5 int64 each: address, origin, from, to, capacity) that cover its positions 0..from of the next
    page, in order, ahead of its own buffer, which covers the rest; NULL: every sequence reads its buffer
    alone. packs: NULL, or for each sequence pack_counts[b] addresses (0: none) of its key blocks 0, 1, ..
-   packed by segcache_pack_block from its pages, which the AMX attention reads instead of packing those blocks
-   (they must lie within the pages). logits (B, vocab) in the KV dtype. Returns 0, or -1 for shapes the
-   kernels do not take, pages that do not tile a sequence's positions, packs past its pages, or when memory
-   ran out. */
+   packed by segcache_pack_block from its pages and buffer, which the block attention reads instead of packing
+   those blocks (they must lie before the sequence's position). logits (B, vocab) in the KV dtype. Returns 0, or
+   -1 for shapes the kernels do not take, pages that do not tile a sequence's positions, packs past its
+   position, or when memory ran out. */
 int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *caches, const int64_t *capacities,
                          const int64_t *positions, const int64_t *pages, const int64_t *page_counts,
                          const int64_t *packs, const int64_t *pack_counts, void *logits, int threads) {
@@ -569,7 +569,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         }
         table[at++] = (Page){caches[b], 0, covered, positions[b] + 1, capacities[b]};
         pack_first[b + 1] = pack_first[b] + (packs ? pack_counts[b] : 0);
-        tiled &= !packs || (pack_counts[b] >= 0 && pack_counts[b] * KEY_BLOCK <= covered);
+        tiled &= !packs || (pack_counts[b] >= 0 && pack_counts[b] * KEY_BLOCK <= positions[b]);
     }
     first[B] = at;
     if (!tiled) {
