@@ -6,8 +6,9 @@ every row, and their int8 path is single-threaded. Measured here on one thread, 
 for 16 rows: torch int8 1.2 ms, int4 ~1.0 ms, these kernels 0.7 ms; the 49,152 x 576 output layer for one
 row: torch int8 5.3 ms, these kernels 0.8 ms on two threads. These kernels do what llama.cpp's CPU backend
 does, in our own code: the activations are quantized per block of 32 to int8 and the dot products run on
-VNNI integer instructions, then one float multiply-add per block. On CPUs with AMX, amx_qmatmul.c does
-the same products on weights packed in slabs (`block_layout`), with tile products from 9 rows up.
+VNNI integer instructions, then one float multiply-add per block. amx_qmatmul.c does the same products on
+weights packed in slabs (`block_layout`), with tile products from 9 rows up on CPUs with AMX and on VNNI
+alone elsewhere (the same bits); qmatmul.c's row layout serves with SEGCACHE_BLOCK_LAYOUT=rows.
 
 The same library holds the bfloat16 prefill kernels for CPUs with AMX (amx.c: the matmul; amx_attention.c;
 rowwise.c: add + RMSNorm, RoPE + KV write, silu * up), each giving a row the same bits whatever else is in
@@ -151,8 +152,8 @@ def _build(compiler: str) -> Path:
 class BlockWeights:
     """One projection's weights packed for a kernel: codes uint8 and float16 scales in one of two layouts.
 
-    "rows" (qmatmul.c's VNNI kernels): codes (N, bytes per row), scales (N, ...).
-    "slabs" (amx_qmatmul.c, on CPUs with AMX): codes (ceil(N / 16), K / 32, slab bytes), one record per
+    "rows" (qmatmul.c's VNNI kernels, SEGCACHE_BLOCK_LAYOUT=rows): codes (N, bytes per row), scales (N, ...).
+    "slabs" (amx_qmatmul.c: AMX tiles or VNNI alone): codes (ceil(N / 16), K / 32, slab bytes), one record per
     16 outputs and block of 32 inputs holding its codes as a tile reads them and their scales; `scales` is
     empty. Which one depends on the machine (`block_layout`), never on the call."""
 
@@ -222,7 +223,7 @@ class BlockWeights:
 
     def _matmul_rows(self, x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
         if self.layout != "slabs":
-            raise ValueError("a call on rows needs the AMX slabs layout")
+            raise ValueError("a call on rows needs the slabs layout")
         _check_rows(x, out, rows, self.num_out, x.dtype)
         if rows.numel() == 0:
             return out

@@ -1,6 +1,7 @@
-/* Block-quantized matmuls on AMX integer tiles: y (M, N) = x (M, K) @ W (N, K)^T, W in blocks of 32 inputs,
-   for CPUs with AMX-INT8. The same products as qmatmul.c's VNNI kernels (activations quantized per row and
-   block of 32 to int8, x ~ dx * qx), with each block's integer dot products summed whole before any float:
+/* Block-quantized matmuls on weights in slabs: y (M, N) = x (M, K) @ W (N, K)^T, W in blocks of 32 inputs, on
+   AMX integer tiles where the CPU has AMX-INT8, else on AVX512-VNNI alone (`amx` 0). The same products as
+   qmatmul.c's row-layout kernels (activations quantized per row and block of 32 to int8, x ~ dx * qx), with
+   each block's integer dot products summed whole before any float:
 
        Q4  y = sum_b  (dx_b dw_b) * sum_j q_j qx_j  +  m_b * (dx_b sum_j qx_j)        q in 0..15
        Q8  y = sum_b  (dx_b dw_b) * sum_j q_j qx_j                                    q in -127..127
@@ -10,13 +11,16 @@
    float32 that starts at 0. The integer sums are exact. So a row's bits depend on its own inputs only: not
    on M, its place among the rows, the thread count nor the split of the outputs (batched decode).
 
-   Two ways to the same integer sums, picked by the row count only (they give the same bits):
-   - up to AQ_VNNI_ROWS rows, no tiles: a 64-byte row of a block's weight tile holds 4 inputs of its 16
-     outputs, so 8 VNNI products with the row's activations broadcast 4 at a time give the 16 sums;
-   - more rows, one tile product per block for 16 rows x 16 outputs x 32 inputs, then the scaling per row.
-   Measured here (2 threads, a 3,072 x 576 projection): 16 rows 0.22 ms against 0.53 ms for qmatmul.c's
-   kernel, one row 0.046 ms against 0.080 ms; the 49,152 x 576 Q8 output layer at 16 rows 4.5 ms
-   against 13.1 ms. qmatmul.c stays the kernel of CPUs without AMX.
+   Two ways to the same integer sums (they give the same bits):
+   - no tiles: a 64-byte row of a block's weight tile holds 4 inputs of its 16 outputs, so 8 VNNI products
+     with the row's activations broadcast 4 at a time give the 16 sums; with AMX up to AQ_VNNI_ROWS rows,
+     without it every row count (aq_rows_vnni);
+   - with AMX from AQ_VNNI_ROWS + 1 rows, one tile product per block for 16 rows x 16 outputs x 32 inputs,
+     then the scaling per row.
+   Measured on a Xeon with AMX (2 threads, a 3,072 x 576 projection): 16 rows 0.22 ms against 0.53 ms for
+   qmatmul.c's kernel, one row 0.046 ms against 0.080 ms; the 49,152 x 576 Q8 output layer at 16 rows 4.5 ms
+   against 13.1 ms. On a Zen 4 EPYC without AMX (VNNI alone), a layer's four projections and the output
+   layer: 16 rows 9.9 ms against 19.3 ms for 30 layers, one row 4.25 ms against 5.22 ms (docs/weights.md).
 
    Weights, packed once at load (engine/native.py `pack_q4`, `pack_q8`), per group of 16 outputs (N padded with zero
    outputs to a multiple of 16) and per block of 32 inputs, one record ("slab"):
