@@ -112,9 +112,11 @@ def test_models_and_health(openai_client, api_server):
     assert health["weights"] == weights == openai_client.models.list().data[0].to_dict()["weights"]
     paths = health["kernel_paths"]
     assert set(paths) == {"projections", "prefill", "decode"}
-    if native.amx_unavailable_reason() is None and weights == "int4":   # what serves each forward here
-        assert paths["projections"].startswith("amx-int8 tiles" if native.block_layout() == "slabs" else "avx512")
-        assert paths["prefill"].startswith("amx-bf16") and paths["decode"].startswith("one native call")
+    if native.unavailable_reason() is None and weights == "int4":     # what serves each forward here
+        assert paths["projections"].startswith("amx-int8 tiles" if native.slab_tiles() else "avx512-vnni slabs")
+        assert paths["decode"].startswith("one native call")
+    if native.amx_unavailable_reason() is None and weights == "int4":
+        assert paths["prefill"].startswith("amx-bf16")
 
 
 def test_tools_are_rendered_and_cached_like_a_segment(openai_client):
