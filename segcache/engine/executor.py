@@ -83,9 +83,17 @@ class Executor:
         return prompt
 
     def kv_bytes(self, request: EngineRequest, prompt: Prompt) -> int:
-        """The KV buffer the sequence will hold while running (its admission cost)."""
+        """What the sequence will hold while running (its admission cost): its KV buffer, and where decode packs
+        the buffer's whole key blocks (Runner.packs_buffers) as many bytes again for the tokens the tree will
+        not hold: the reply's, or every token when nothing is cached. (A prompt's blocks go to the tree,
+        whose packs running sequences share.)"""
         per_token = self.loaded.model.config.num_hidden_layers * 2 * self._kv_row_bytes()
-        return per_token * self._capacity(request, prompt)
+        capacity = self._capacity(request, prompt)
+        packed = 0
+        if self.runner.packs_buffers:
+            prompt_tokens = sum(len(p.token_ids) for p in prompt.parts)
+            packed = capacity if not self.cache.enabled else capacity - min(capacity, prompt_tokens)
+        return per_token * (capacity + packed)
 
     # ---------------------------------------------------------------- prefill
 

@@ -83,6 +83,11 @@ class Runner:
         self._decode_packs = self.lean is not None and self.lean.fused is not None \
             and FusedDecode.block_attention(self.lean) != 0
 
+    @property
+    def packs_buffers(self) -> bool:
+        """Whether decode keeps a copy of each whole key block of a sequence's buffer (`_pack_blocks`)."""
+        return self._decode_packs
+
     @staticmethod
     def _lean_forward(loaded: LoadedModel) -> LlamaForward:
         """Built once per loaded model: engines that share a model (tests, a cached and an uncached

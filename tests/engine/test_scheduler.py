@@ -66,3 +66,30 @@ def test_cancelled_sequences_are_found_wherever_they_are():
     for s in scheduler.cancelled():
         scheduler.remove(s)
     assert not scheduler.has_work
+
+
+def test_the_admission_cost_counts_the_packs_of_a_reply_and_of_an_uncached_prompt(load):
+    """Where decode keeps a packed copy of each whole key block of a buffer (Runner.packs_buffers), a request's
+    admission cost is its KV buffer plus those copies: of the reply's tokens (a prompt's blocks go to the tree),
+    or of every token with the cache off."""
+    from segcache.config import ServeConfig
+    from segcache.engine.engine import Engine
+    from segcache.engine.request import EngineRequest, SamplingParams
+
+    loaded = load("default", "bfloat16", "int4")
+    request = EngineRequest("t", "chat", messages=({"role": "user", "content": "Hi there"},), sampling=SamplingParams(max_tokens=20))
+    costs = {}
+    for cache_bytes in (1 << 26, 0):
+        engine = Engine(ServeConfig(model="default", cache_bytes=cache_bytes), loaded=loaded)
+        try:
+            executor = engine.executor
+            prompt = executor.build_prompt(request)
+            prompt_tokens = sum(len(p.token_ids) for p in prompt.parts)
+            per_token = executor.bytes_per_token
+            costs[cache_bytes] = executor.kv_bytes(request, prompt)
+            packs = executor.runner.packs_buffers
+        finally:
+            engine.close()
+    buffer = per_token * (prompt_tokens + 20)
+    assert costs[1 << 26] == buffer + (per_token * 20 if packs else 0)
+    assert costs[0] == buffer * (2 if packs else 1)
