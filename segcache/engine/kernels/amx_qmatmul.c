@@ -201,6 +201,22 @@ static void aq_group16(int q8, const int8_t *q, const float *dx, const float *xs
     aq_store(s->acc, AQ_ROWS, g, N, y, out_bf16);
 }
 
+/* A slab's 8 weight-tile rows as VNNI's unsigned operand: Q4 nibbles unpacked, Q8 codes + 128. */
+static inline __attribute__((always_inline)) void aq_weight_rows(int q8, const uint8_t *codes, __m512i w[8]) {
+    const __m512i low = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        if (q8) {
+            w[i] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 64 * i)), flip);
+            w[i + 4] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 256 + 64 * i)), flip);
+        } else {
+            __m512i v = _mm512_loadu_si512((const void *)(codes + 64 * i));
+            w[i] = _mm512_and_si512(v, low);
+            w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        }
+    }
+}
+
 /* The same outputs for a few rows without tiles, with the same bits: each 64-byte row of a B tile holds 4
    inputs of 16 outputs, so one VNNI product of it with the row's 4 activations broadcast adds those inputs
    to 16 outputs' sums at once, and 8 of them give the block's 16 integer sums (Q8: its codes + 128 as
@@ -224,7 +240,6 @@ static inline __m512i aq_block_sums(int q8, const __m512i w[8], const int8_t *q)
 static void aq_group_vnni(int q8, const int8_t *q, const float *dx, const float *xs, int rows, int64_t K,
                           const uint8_t *slabs, int64_t g, int64_t N, void *y, int out_bf16, AqScratch *s) {
     const int64_t blocks = K / AQ_IN, slab = aq_slab_bytes(q8);
-    const __m512i low = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
     memset(s->acc, 0, (size_t)rows * 16 * sizeof(float));
     __m512 one = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
@@ -232,16 +247,7 @@ static void aq_group_vnni(int q8, const int8_t *q, const float *dx, const float 
         for (int64_t line = 0; line < slab; line += 64)      /* one stream per thread: fetch ahead of it */
             _mm_prefetch((const char *)codes + AQ_PREFETCH + line, _MM_HINT_T0);
         __m512i w[8];
-        for (int i = 0; i < 4; i++) {
-            if (q8) {
-                w[i] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 64 * i)), flip);
-                w[i + 4] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 256 + 64 * i)), flip);
-            } else {
-                __m512i v = _mm512_loadu_si512((const void *)(codes + 64 * i));
-                w[i] = _mm512_and_si512(v, low);
-                w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            }
-        }
+        aq_weight_rows(q8, codes, w);
         if (rows == 1) {                                       /* the accumulator in a register */
             __m512 d, m;
             aq_block_scales(q8, codes, &d, &m);
@@ -266,7 +272,6 @@ static inline __attribute__((always_inline)) void
 aq_vnni_tile(const int R, int q8, const int8_t *q, const float *dx, const float *xs, const int32_t *qs, int64_t K,
              const uint8_t *slabs, int64_t g, int64_t N, void *y, int out_bf16, float *spill) {
     const int64_t blocks = K / AQ_IN, slab = aq_slab_bytes(q8);
-    const __m512i low = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
     __m512 acc[AQ_VNNI_TILE];
     #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -276,17 +281,7 @@ aq_vnni_tile(const int R, int q8, const int8_t *q, const float *dx, const float 
         for (int64_t line = 0; line < slab; line += 64)
             _mm_prefetch((const char *)codes + AQ_PREFETCH + line, _MM_HINT_T0);
         __m512i w[8];
-        #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            if (q8) {
-                w[i] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 64 * i)), flip);
-                w[i + 4] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(codes + 256 + 64 * i)), flip);
-            } else {
-                __m512i v = _mm512_loadu_si512((const void *)(codes + 64 * i));
-                w[i] = _mm512_and_si512(v, low);
-                w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            }
-        }
+        aq_weight_rows(q8, codes, w);
         __m512 d, m;
         aq_block_scales(q8, codes, &d, &m);
         #pragma GCC unroll 8
