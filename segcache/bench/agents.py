@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -106,7 +105,7 @@ def _body(summaries: list[report.SystemSummary], floor: report.Floor, workload: 
         "",
         _describe(workload, Path("<log dir>")).split("; server logs")[0] + ".",
         _models_note(args),
-        f"Code: segcache {_code_version()}. Machine: {os.cpu_count()} cores; load average {load_before:.1f} before the run, "
+        f"Code: segcache {markdown.code_version()}. Machine: {os.cpu_count()} cores; load average {load_before:.1f} before the run, "
         f"{os.getloadavg()[0]:.1f} after (other work on the machine slows every system, llama.cpp most).",
         "Reused tokens: segcache from `usage.cached_prefix_tokens`; llama-cpp-python from the "
         "`prefix-match hit` and `prompt eval` lines of its own log (source `server log`); `estimated` "
@@ -120,19 +119,6 @@ def _body(summaries: list[report.SystemSummary], floor: report.Floor, workload: 
         *report.ratios(summaries, floor),
     ]
     return "\n".join(notes)
-
-
-def _code_version() -> str:
-    """The checkout's commit, so a figure can be traced to the engine that produced it."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "segcache"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "(not a git checkout)"
-    return f"at {commit}" + (" with uncommitted changes" if dirty else "")
 
 
 def _models_note(args: argparse.Namespace) -> str:
