@@ -87,13 +87,12 @@ class Executor:
         the buffer's whole key blocks (Runner.packs_buffers) as many bytes again for the tokens the tree will
         not hold: the reply's, or every token when nothing is cached. (A prompt's blocks go to the tree,
         whose packs running sequences share.)"""
-        per_token = self.loaded.model.config.num_hidden_layers * 2 * self._kv_row_bytes()
         capacity = self._capacity(request, prompt)
         packed = 0
         if self.runner.packs_buffers:
             prompt_tokens = sum(len(p.token_ids) for p in prompt.parts)
             packed = capacity if not self.cache.enabled else capacity - min(capacity, prompt_tokens)
-        return per_token * (capacity + packed)
+        return self.bytes_per_token * (capacity + packed)
 
     # ---------------------------------------------------------------- prefill
 
@@ -199,11 +198,6 @@ class Executor:
     def _capacity(self, request: EngineRequest, prompt: Prompt) -> int:
         generated = request.sampling.max_tokens if request.kind != "warm" else 0
         return min(sum(len(p.token_ids) for p in prompt.parts) + generated, self.loaded.max_context)
-
-    def _kv_row_bytes(self) -> int:
-        config = self.loaded.model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return config.num_key_value_heads * head_dim * self.loaded.dtype.itemsize
 
     def _ttl(self, request: EngineRequest, part: Part) -> float | None:
         if part.segment_index is not None and request.segments[part.segment_index].ttl_seconds is not None:

@@ -391,21 +391,24 @@ class Runner:
         if len(state.packs) > whole:            # the state was rewound (tests): its later blocks may change
             state.packs = state.packs[:whole]
         else:
-            table, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
-            pages = state.pages[:int(counts[0])]
-            covered = pages[-1].start + pages[-1].payload.shape[3] if pages else 0
+            table, _, covered = self._used_pages(state)
             cache = state.cache
             buffer = torch.tensor([[cache.data_ptr(), 0, covered, state.num_tokens, cache.shape[3]]], dtype=torch.int64)
-            rows = torch.cat((table[:int(counts[0])], buffer))
+            rows = torch.cat((table, buffer))
             state.packs += tuple(pack_block(rows, lo, cache.shape[0], cache.shape[2], self.threads)
                                  for lo in range(len(state.packs) * 64, whole * 64, 64))
         state.pack_addresses = torch.tensor([p.data_ptr() for p in state.packs], dtype=torch.int64)
 
-    def _pack_pages(self, state: PrefillState) -> None:
-        """The packs of the blocks the state's pages hold whole, shared through `_packs`."""
+    def _used_pages(self, state: PrefillState) -> tuple[torch.Tensor, tuple, int]:
+        """The pages decode reads (fused_decode.page_table): their table rows, the pages, and the positions they
+        cover from 0."""
         table, counts = page_table((state.pages,), (state.num_tokens,), self.lean.dtype)
         pages = state.pages[:int(counts[0])]
-        covered = pages[-1].start + pages[-1].payload.shape[3] if pages else 0
+        return table[:int(counts[0])], pages, pages[-1].start + pages[-1].payload.shape[3] if pages else 0
+
+    def _pack_pages(self, state: PrefillState) -> None:
+        """The packs of the blocks the state's pages hold whole, shared through `_packs`."""
+        table, pages, covered = self._used_pages(state)
         layers, _, kv_heads = pages[0].payload.shape[:3] if pages else (0, 0, 0)
         packs, index = [], 0
         for lo in range(0, covered - 63, 64):

@@ -289,6 +289,21 @@ static inline void block_values_vec(const uint16_t *pt, const uint16_t *v, float
     }
 }
 
+/* A block's two products on tiles (`amx`) or on vectors. */
+static inline void block_scores_on(int amx, const uint16_t *qt, const uint16_t *k, float *st) {
+    if (amx)
+        block_scores(qt, k, st);
+    else
+        block_scores_vec(qt, k, st);
+}
+
+static inline void block_values_on(int amx, const uint16_t *pt, const uint16_t *v, float *ot) {
+    if (amx)
+        block_values(pt, v, ot);
+    else
+        block_values_vec(pt, v, ot);
+}
+
 /* V of key block kb of KV head g for block_values_vec: key pair r's 64 dims, each a word (key 2r's value,
    key 2r + 1's), at v + r * 128 (zero past num_keys). */
 static void pack_values_pairs(const KvRows *sources, int64_t num_sources, int64_t g, int64_t num_keys, int64_t kb,
@@ -351,18 +366,13 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
     /* The tile unit works beside the vector units: block kb + 1's scores are issued before block kb's softmax,
        and block kb's O^T is added to acc after block kb + 1's softmax, so neither waits on the other. Every
        block's arithmetic, and the order of the additions into acc, are those of one block after another. */
-    if (amx)
-        block_scores(qt, kblocks[0], st[0]);
-    else
-        block_scores_vec(qt, kblocks[0], st[0]);
+    block_scores_on(amx, qt, kblocks[0], st[0]);
     __m512 alpha_last = _mm512_setzero_ps();
     __mmask16 seen_last = 0;
     for (int64_t kb = 0; kb < blocks; kb++) {
         const float *s = st[kb & 1];
-        if (kb + 1 < blocks && amx)
-            block_scores(qt, kblocks[kb + 1], st[(kb + 1) & 1]);
-        else if (kb + 1 < blocks)
-            block_scores_vec(qt, kblocks[kb + 1], st[(kb + 1) & 1]);
+        if (kb + 1 < blocks)
+            block_scores_on(amx, qt, kblocks[kb + 1], st[(kb + 1) & 1]);
         int64_t key0 = kb * KEY_BLOCK;
         int whole = key0 + KEY_BLOCK - 1 <= first;               /* every lane sees every key */
         __mmask16 seen = causal_lanes(key0, first);
@@ -401,10 +411,7 @@ static void attend_lanes(const uint16_t *q, int64_t q_stride, const uint16_t *co
         m = _mm512_mask_mov_ps(m, seen, peak);
         if (kb > 0)                                              /* the last block's O^T, stored by now */
             add_block(acc, ot[(kb - 1) & 1], alpha_last, seen_last);
-        if (amx)
-            block_values(pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
-        else
-            block_values_vec(pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
+        block_values_on(amx, pt, vt + kb * BLOCK_ELEMENTS, ot[kb & 1]);
         alpha_last = alpha;
         seen_last = seen;
     }

@@ -286,6 +286,15 @@ static inline void vec_products(const uint16_t *a0, const uint16_t *a1, int a_st
     }
 }
 
+/* tile_products (`amx`, all 16 rows) or vec_products (`rows` rows). */
+static inline void products(int amx, const uint16_t *a0, const uint16_t *a1, int a_stride, const uint16_t *b,
+                            float *out, int rows) {
+    if (amx)
+        tile_products(a0, a1, a_stride, b, out);
+    else
+        vec_products(a0, a1, a_stride, b, out, rows);
+}
+
 /* One block of 64 keys (kt, vt in tile order) for up to 16 query rows: row r's q (64 bfloat16) at q[r], its
    state st[r], the block's first seen[r] keys the ones it sees (1..64). `amx`: the products on tiles, else on
    vectors (vec_products). */
@@ -302,10 +311,7 @@ static void decode_block(uint16_t *const *q, RowState *const *st, const int *see
     }
     for (int r = 0; r < rows; r++)
         memcpy(qs + r * ATT_DIM, q[r], ATT_DIM * 2);
-    if (amx)
-        tile_products(qs, qs + 32, ATT_DIM * 2, kt, s);
-    else
-        vec_products(qs, qs + 32, ATT_DIM * 2, kt, s, rows);
+    products(amx, qs, qs + 32, ATT_DIM * 2, kt, s, rows);
     const __m512 scale = _mm512_set1_ps(0.125f), minus_inf = _mm512_set1_ps(-INFINITY);
     for (int r = 0; r < rows; r++) {
         __m512 top = minus_inf;
@@ -324,10 +330,7 @@ static void decode_block(uint16_t *const *q, RowState *const *st, const int *see
         }
         _mm512_store_ps(st[r]->lsum, _mm512_fmadd_ps(_mm512_load_ps(st[r]->lsum), _mm512_set1_ps(alpha[r]), total));
     }
-    if (amx)
-        tile_products(ps, ps + 512, 64, vt, pv);
-    else
-        vec_products(ps, ps + 512, 64, vt, pv, rows);
+    products(amx, ps, ps + 512, 64, vt, pv, rows);
     for (int r = 0; r < rows; r++) {
         __m512 a = _mm512_set1_ps(alpha[r]);
         for (int d = 0; d < ATT_DIM; d += 16)
