@@ -256,9 +256,11 @@ typedef struct {                    /* one thread's scratch, for a step of B seq
    A's two tiles at a0 and a1 (row stride a_stride bytes), B's eight tiles at b as tile_products reads them.
    Row i, column 16 j + c: the words of A's row (a pair of bfloat16 each) broadcast against B's rows, summed in
    a fixed order (a0's words 0..15, then a1's), four rows at a time sharing B's loads; a row's bits never
-   depend on the rows beside it. */
+   depend on the rows beside it. `ahead` (or NULL): the B that the next call reads, fetched toward L2 line for
+   line as this B is read, so that a sequence's own blocks (read once a step, from memory) stream in while
+   the one before them computes; without it each block's lines wait for memory in turn. */
 static inline void vec_products(const uint16_t *a0, const uint16_t *a1, int a_stride, const uint16_t *b, float *out,
-                                int rows) {
+                                int rows, const uint16_t *ahead) {
     for (int i = 0; i < rows; i += 4) {
         __m512 acc[4][4];
         const int32_t *row[2][4];
@@ -274,6 +276,9 @@ static inline void vec_products(const uint16_t *a0, const uint16_t *a1, int a_st
                 __m512bh w[4];
                 for (int j = 0; j < 4; j++)
                     w[j] = (__m512bh)_mm512_load_si512((const void *)(b + (half * 4 + j) * 512 + r * 32));
+                if (ahead && i == 0)
+                    for (int j = 0; j < 4; j++)
+                        _mm_prefetch((const char *)(ahead + (half * 4 + j) * 512 + r * 32), _MM_HINT_T1);
                 for (int k = 0; k < 4; k++) {
                     __m512bh x = (__m512bh)_mm512_set1_epi32(row[half][k][r]);
                     for (int j = 0; j < 4; j++)
@@ -286,20 +291,20 @@ static inline void vec_products(const uint16_t *a0, const uint16_t *a1, int a_st
     }
 }
 
-/* tile_products (`amx`, all 16 rows) or vec_products (`rows` rows). */
+/* tile_products (`amx`, all 16 rows) or vec_products (`rows` rows, fetching `ahead`). */
 static inline void products(int amx, const uint16_t *a0, const uint16_t *a1, int a_stride, const uint16_t *b,
-                            float *out, int rows) {
+                            float *out, int rows, const uint16_t *ahead) {
     if (amx)
         tile_products(a0, a1, a_stride, b, out);
     else
-        vec_products(a0, a1, a_stride, b, out, rows);
+        vec_products(a0, a1, a_stride, b, out, rows, ahead);
 }
 
 /* One block of 64 keys (kt, vt in tile order) for up to 16 query rows: row r's q (64 bfloat16) at q[r], its
    state st[r], the block's first seen[r] keys the ones it sees (1..64). `amx`: the products on tiles, else on
-   vectors (vec_products). */
+   vectors (vec_products), which fetch the next call's block `ahead` (its K tiles, then its V tiles; or NULL). */
 static void decode_block(uint16_t *const *q, RowState *const *st, const int *seen, int rows, const uint16_t *kt,
-                         const uint16_t *vt, int amx) {
+                         const uint16_t *vt, int amx, const uint16_t *ahead) {
     uint16_t qs[16 * ATT_DIM] __attribute__((aligned(64)));
     uint16_t ps[2 * 16 * 32] __attribute__((aligned(64)));      /* P as two tiles: keys 0..31, 32..63 */
     float s[16 * KEY_BLOCK] __attribute__((aligned(64)));
@@ -311,7 +316,7 @@ static void decode_block(uint16_t *const *q, RowState *const *st, const int *see
     }
     for (int r = 0; r < rows; r++)
         memcpy(qs + r * ATT_DIM, q[r], ATT_DIM * 2);
-    products(amx, qs, qs + 32, ATT_DIM * 2, kt, s, rows);
+    products(amx, qs, qs + 32, ATT_DIM * 2, kt, s, rows, ahead);
     const __m512 scale = _mm512_set1_ps(0.125f), minus_inf = _mm512_set1_ps(-INFINITY);
     for (int r = 0; r < rows; r++) {
         __m512 top = minus_inf;
@@ -330,7 +335,7 @@ static void decode_block(uint16_t *const *q, RowState *const *st, const int *see
         }
         _mm512_store_ps(st[r]->lsum, _mm512_fmadd_ps(_mm512_load_ps(st[r]->lsum), _mm512_set1_ps(alpha[r]), total));
     }
-    products(amx, ps, ps + 512, 64, vt, pv, rows);
+    products(amx, ps, ps + 512, 64, vt, pv, rows, ahead ? ahead + BLOCK_ELEMENTS : NULL);
     for (int r = 0; r < rows; r++) {
         __m512 a = _mm512_set1_ps(alpha[r]);
         for (int d = 0; d < ATT_DIM; d += 16)
@@ -412,6 +417,21 @@ int segcache_pack_block(const int64_t *pages, int64_t num_pages, int64_t layers,
     return 0;
 }
 
+/* The packed block that attend_piece_amx reads after sequence b's block at lo (`packed`, or NULL), if it is
+   packed: a later sequence's other block at lo, else the first one at lo + 64 before `end`; or NULL. */
+static const uint16_t *block_after(const Model *m, const AmxScratch *w, const int64_t *positions, int64_t B,
+                                   int64_t b, int64_t lo, int64_t end, const uint16_t *packed, const int64_t *packs,
+                                   const int64_t *pack_first, int64_t layer, int64_t g) {
+    for (int64_t c = b + 1; c < B; c++)
+        if (!w->done[c] && w->packed[c] && w->packed[c] != packed)
+            return w->packed[c];
+    const int64_t k = lo / KEY_BLOCK + 1;
+    for (int64_t c = 0; packs && lo + KEY_BLOCK < end && c < B; c++)
+        if (positions[c] >= lo + KEY_BLOCK && k < pack_first[c + 1] - pack_first[c] && packs[pack_first[c] + k])
+            return packed_tiles(m, packs[pack_first[c] + k], layer, g);
+    return NULL;
+}
+
 static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, const Page *table,
                              const int64_t *first, const int64_t *positions, int64_t B, int64_t layer, int64_t g,
                              int64_t piece, const int64_t *item_start, const int64_t *packs,
@@ -445,6 +465,7 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
                 continue;
             const Page *page = w->source[b];
             const uint16_t *packed = w->packed[b], *kt = w->kt, *vt = w->vt;
+            const uint16_t *ahead = block_after(m, w, positions, B, b, lo, end, packed, packs, pack_first, layer, g);
             if (packed) {                          /* packed once for every step (segcache_pack_block) */
                 kt = packed;
                 vt = packed + BLOCK_ELEMENTS;
@@ -474,13 +495,13 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
                     st[rows] = &w->rows[c * group + r];
                     seen[rows] = positions[c] + 1 - lo < KEY_BLOCK ? (int)(positions[c] + 1 - lo) : KEY_BLOCK;
                     if (++rows == 16) {
-                        decode_block(q, st, seen, rows, kt, vt, m->block_attention == 1);
+                        decode_block(q, st, seen, rows, kt, vt, m->block_attention == 1, ahead);
                         rows = 0;
                     }
                 }
             }
             if (rows)
-                decode_block(q, st, seen, rows, kt, vt, m->block_attention == 1);
+                decode_block(q, st, seen, rows, kt, vt, m->block_attention == 1, ahead);
         }
     }
     for (int64_t b = 0; b < B; b++) {
