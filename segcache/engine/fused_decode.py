@@ -30,10 +30,8 @@ class _Model(ctypes.Structure):
                                                     "inter", "vocab", "max_positions")] + [
         ("eps", ctypes.c_float), ("head_q8", ctypes.c_int), ("layers_q8", ctypes.c_int), ("kv_bf16", ctypes.c_int),
         ("block_attention", ctypes.c_int), ("slabs", ctypes.c_int)] + [
-        (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "qkv_scales", "o_codes",
-                                             "o_scales", "gate_up_codes", "gate_up_scales", "down_codes",
-                                             "down_scales", "final_norm", "head_codes", "head_scales",
-                                             "cos_table", "sin_table")]
+        (name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "qkv_codes", "o_codes", "gate_up_codes",
+                                             "down_codes", "final_norm", "head_codes", "cos_table", "sin_table")]
 
 
 class FusedDecode:
@@ -61,17 +59,13 @@ class FusedDecode:
             max_positions=forward.cos.shape[0], eps=forward.eps, head_q8=int(head.kind == "q8"),
             layers_q8=int(layers[0].qkv.blocks.kind == "q8"),
             kv_bf16=int(forward.dtype == torch.bfloat16), block_attention=self.block_attention(forward),
-            slabs=(1 if native.slab_tiles() else 2) if head.layout == "slabs" else 0,
+            slabs=1 if native.slab_tiles() else 2,
             input_norm=addresses([n[0].float() for n in norms]), post_norm=addresses([n[1].float() for n in norms]),
             qkv_codes=addresses([l.qkv.blocks.codes for l in layers]),
-            qkv_scales=addresses([l.qkv.blocks.scales for l in layers]),
             o_codes=addresses([l.o_proj.blocks.codes for l in layers]),
-            o_scales=addresses([l.o_proj.blocks.scales for l in layers]),
             gate_up_codes=addresses([l.gate_up.blocks.codes for l in layers]),
-            gate_up_scales=addresses([l.gate_up.blocks.scales for l in layers]),
             down_codes=addresses([l.down_proj.blocks.codes for l in layers]),
-            down_scales=addresses([l.down_proj.blocks.scales for l in layers]),
-            final_norm=keep(final_norm.float()), head_codes=keep(head.codes), head_scales=keep(head.scales),
+            final_norm=keep(final_norm.float()), head_codes=keep(head.codes),
             cos_table=keep(forward.cos.float()), sin_table=keep(forward.sin.float()))
         self.dtype, self.embed, self.hidden = forward.dtype, forward.embed, self.model.hidden
         self.threads = ThreadChooser()
@@ -105,8 +99,6 @@ class FusedDecode:
             return "not every projection is on the block kernels"
         if len({p.blocks.kind for p in projections[:-1]}) != 1:
             return "the layer projections mix Q4 and Q8 blocks"
-        if len({p.blocks.layout for p in projections}) != 1:
-            return "the projections mix block layouts"
         if any(p.dense.bias is not None for p in projections):
             return "the projections have biases"
         if forward.head_dim % 16 or forward.head_dim > 128 or forward.num_heads // forward.num_kv_heads > 8 \

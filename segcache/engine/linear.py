@@ -181,7 +181,7 @@ class BlockLinear(_QuantizedLinear):
         return self.blocks.matmul(x, out)
 
     def kernel_rows(self, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.blocks.layout == "slabs" and self.dense.bias is None:    # read and written in place
+        if self.dense.bias is None:                                     # read and written in place
             return self.blocks.matmul(x, out, rows)
         return super().kernel_rows(x, out, rows)
 

@@ -1,14 +1,13 @@
-"""The block-quantized kernels of engine/kernels/ (qmatmul.c, and decode.c's whole decode step): built once
-per machine, called by ctypes.
+"""The block-quantized kernels of engine/kernels/ (amx_qmatmul.c, and decode.c's whole decode step): built
+once per machine, called by ctypes.
 
 Why our own kernels: torch's weight-only integer kernels dequantize every weight to floating point for
 every row, and their int8 path is single-threaded. Measured here on one thread, a 3,072 x 576 projection
 for 16 rows: torch int8 1.2 ms, int4 ~1.0 ms, these kernels 0.7 ms; the 49,152 x 576 output layer for one
 row: torch int8 5.3 ms, these kernels 0.8 ms on two threads. These kernels do what llama.cpp's CPU backend
 does, in our own code: the activations are quantized per block of 32 to int8 and the dot products run on
-VNNI integer instructions, then one float multiply-add per block. amx_qmatmul.c does the same products on
-weights packed in slabs (`block_layout`), with tile products from 9 rows up on CPUs with AMX and on VNNI
-alone elsewhere (the same bits); qmatmul.c's row layout serves with SEGCACHE_BLOCK_LAYOUT=rows.
+VNNI integer instructions, then one float multiply-add per block, on weights packed at load in slabs
+(amx_qmatmul.c): tile products from 9 rows up on CPUs with AMX, VNNI alone elsewhere (the same bits).
 
 The same library holds the bfloat16 prefill kernels for CPUs with AMX (amx.c: the matmul; amx_attention.c;
 rowwise.c: add + RMSNorm, RoPE + KV write, silu * up), each giving a row the same bits whatever else is in
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 KERNELS = Path(__file__).parent / "kernels"
-SOURCE = KERNELS / "decode.c"           # includes qmatmul.c: one translation unit, one library
+SOURCE = KERNELS / "decode.c"           # includes the other sources: one translation unit, one library
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
          "-mamx-tile", "-mamx-bf16", "-mamx-int8", "-mavx512bf16",
          "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
@@ -94,10 +93,7 @@ def _cpu_flags() -> set[str]:
 
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-_BLOCK_MATMUL = [_P, _I, _I64, _I64, _P, _P, _I64, _P, _I]
 _SIGNATURES = {   # every entry point of the library returns an int status: 0, or -1 for what it refused
-    "segcache_q4_matmul": _BLOCK_MATMUL,
-    "segcache_q8_matmul": _BLOCK_MATMUL,
     "segcache_decode_step": [_P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I],
     "segcache_pack_block": [_P, _I64, _I64, _I64, _I64, _P, _I],
     "segcache_amx_init": [],
@@ -150,38 +146,20 @@ def _build(compiler: str) -> Path:
 
 
 class BlockWeights:
-    """One projection's weights packed for a kernel: codes uint8 and float16 scales in one of two layouts.
+    """One projection's weights packed in slabs for amx_qmatmul.c (AMX tiles or VNNI alone): codes uint8
+    (ceil(N / 16), K / 32, slab bytes), one record per 16 outputs and block of 32 inputs holding its codes as a
+    tile reads them and their float16 scales."""
 
-    "rows" (qmatmul.c's VNNI kernels, SEGCACHE_BLOCK_LAYOUT=rows): codes (N, bytes per row), scales (N, ...).
-    "slabs" (amx_qmatmul.c: AMX tiles or VNNI alone): codes (ceil(N / 16), K / 32, slab bytes), one record per
-    16 outputs and block of 32 inputs holding its codes as a tile reads them and their scales; `scales` is
-    empty. Which one depends on the machine (`block_layout`), never on the call."""
-
-    def __init__(self, kind: str, codes: torch.Tensor, scales: torch.Tensor, num_in: int, num_out: int | None = None,
-                 layout: str = "rows"):
-        self.kind, self.num_in, self.layout = kind, num_in, layout
-        self.codes, self.scales = codes.contiguous(), scales.contiguous()
-        self.num_out = codes.shape[0] if num_out is None else num_out
+    def __init__(self, kind: str, codes: torch.Tensor, num_in: int, num_out: int):
+        self.kind, self.num_in, self.num_out = kind, num_in, num_out
+        self.codes = codes.contiguous()
 
     @property
     def num_bytes(self) -> int:
-        return self.codes.numel() + self.scales.numel() * 2
+        return self.codes.numel()
 
     def dequantize(self) -> torch.Tensor:
         """The weights (N, K) in float32, as the kernel multiplies them (for tests)."""
-        if self.layout == "slabs":
-            return self._dequantize_slabs()
-        if self.kind == "q8":
-            q = self.codes.view(self.num_out, -1, 32).float() - 128
-            return (q * self.scales.float()[..., None]).view(self.num_out, self.num_in)
-        packed = self.codes.view(self.num_out, -1, 16)
-        q = torch.cat((packed & 15, packed >> 4), dim=-1).float()                     # (N, K/32, 32)
-        dm = self.scales.view(self.num_out, -1, 4).float()                            # d0 d1 m0 m1 per pair
-        d = dm[..., :2].reshape(self.num_out, -1, 1)
-        m = dm[..., 2:].reshape(self.num_out, -1, 1)
-        return (q * d + m).view(self.num_out, self.num_in)
-
-    def _dequantize_slabs(self) -> torch.Tensor:
         groups, blocks, _ = self.codes.shape
         if self.kind == "q8":
             tile = self.codes[..., :512].view(torch.int8).float()
@@ -200,7 +178,7 @@ class BlockWeights:
     def matmul(self, x: torch.Tensor, out: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
         """x (M, K) bfloat16 or float32 -> (M, N) in x's dtype, into `out` if given (contiguous). With `rows`
-        (int64 row indices; the "slabs" layout), only those rows of x, each product written to the same row
+        (int64 row indices), only those rows of x, each product written to the same row
         of `out` (required): what the same rows gathered into a call of their own get, bit for bit."""
         kernels = library()
         x = x.contiguous()
@@ -209,21 +187,14 @@ class BlockWeights:
         out = _output(out, (x.shape[0], self.num_out), x.dtype)
         threads = self._threads()
         is_bf16 = int(x.dtype == torch.bfloat16)
-        if self.layout == "slabs":
-            status = kernels.segcache_slab_q_matmul(int(self.kind == "q8"), x.data_ptr(), is_bf16, x.shape[0],
-                                                    self.num_in, self.codes.data_ptr(), self.num_out, out.data_ptr(),
-                                                    threads, slab_tiles())
-        else:
-            function = kernels.segcache_q4_matmul if self.kind == "q4" else kernels.segcache_q8_matmul
-            status = function(x.data_ptr(), is_bf16, x.shape[0], self.num_in, self.codes.data_ptr(),
-                              self.scales.data_ptr(), self.num_out, out.data_ptr(), threads)
+        status = kernels.segcache_slab_q_matmul(int(self.kind == "q8"), x.data_ptr(), is_bf16, x.shape[0],
+                                                self.num_in, self.codes.data_ptr(), self.num_out, out.data_ptr(),
+                                                threads, slab_tiles())
         if status != 0:
             raise RuntimeError(f"{self.kind} kernel refused a ({x.shape[0]}, {self.num_in}) input")
         return out
 
     def _matmul_rows(self, x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        if self.layout != "slabs":
-            raise ValueError("a call on rows needs the slabs layout")
         _check_rows(x, out, rows, self.num_out, x.dtype)
         if rows.numel() == 0:
             return out
@@ -254,11 +225,6 @@ def _check_rows(x: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor, n
         raise ValueError(f"rows must lie within the input's {x.shape[0]} and the output's {out.shape[0]} rows")
 
 
-def block_layout() -> str:
-    """"slabs" (amx_qmatmul.c), or "rows" (qmatmul.c's kernels) where SEGCACHE_BLOCK_LAYOUT=rows asks for them."""
-    return "rows" if os.environ.get("SEGCACHE_BLOCK_LAYOUT", "").lower() == "rows" else "slabs"
-
-
 def slab_tiles() -> int:
     """1 where the slab kernels take tile products (AMX-INT8), 0 where they run on VNNI alone: the same bits."""
     return int(amx_unavailable_reason() is None)
@@ -282,26 +248,16 @@ def pack_q4(codes: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> Bloc
     """Groupwise int4 as the kernel reads it: codes (N, K) 0..15, w = scale * q + low per group of 32
     (GGUF Q4_1's d and m; float16, as GGUF stores them). K must be a multiple of 64."""
     num_out, num_in = codes.shape
-    if block_layout() == "slabs":
-        tile, (d, m) = _slabs(codes.to(torch.uint8), scale, low)
-        nibbles = tile[..., :256] | (tile[..., 256:] << 4)
-        return BlockWeights("q4", torch.cat((nibbles, d, m), dim=-1), torch.empty(0, dtype=torch.float16), num_in,
-                            num_out, "slabs")
-    groups = codes.view(num_out, num_in // 32, 32)
-    packed = (groups[..., :16] | (groups[..., 16:] << 4)).reshape(num_out, num_in // 2)
-    d, m = scale.view(num_out, -1, 2), low.view(num_out, -1, 2)
-    scales = torch.stack((d[..., 0], d[..., 1], m[..., 0], m[..., 1]), dim=-1).to(torch.float16)
-    return BlockWeights("q4", packed, scales.reshape(num_out, -1), num_in)
+    tile, (d, m) = _slabs(codes.to(torch.uint8), scale, low)
+    nibbles = tile[..., :256] | (tile[..., 256:] << 4)
+    return BlockWeights("q4", torch.cat((nibbles, d, m), dim=-1), num_in, num_out)
 
 
 def pack_q8(codes: torch.Tensor, scale: torch.Tensor) -> BlockWeights:
     """Blockwise int8 (GGUF Q8_0): codes (N, K) int8 in -127..127, w = scale * q per block of 32."""
     num_out, num_in = codes.shape
-    if block_layout() == "slabs":
-        tile, (d,) = _slabs(codes.to(torch.int8), scale)
-        return BlockWeights("q8", torch.cat((tile, d), dim=-1), torch.empty(0, dtype=torch.float16), num_in,
-                            num_out, "slabs")
-    return BlockWeights("q8", (codes.to(torch.int16) + 128).to(torch.uint8), scale.to(torch.float16), num_in)
+    tile, (d,) = _slabs(codes.to(torch.int8), scale)
+    return BlockWeights("q8", torch.cat((tile, d), dim=-1), num_in, num_out)
 
 
 def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

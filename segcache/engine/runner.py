@@ -110,8 +110,7 @@ class Runner:
         weights, native_prefill = self.loaded.weights, self.lean.native_prefill
         amx = native_prefill and self.lean.amx_prefill
         if weights.quantized and weights.kernels == "vnni":
-            blocks = ("amx-int8 tiles" if native.slab_tiles() else "avx512-vnni slabs") \
-                if native.block_layout() == "slabs" else "avx512-vnni rows"
+            blocks = "amx-int8 tiles" if native.slab_tiles() else "avx512-vnni slabs"
             beyond = "amx-bf16 tiles" if amx else "the dense weight"
             projections = f"{blocks} on the weights' blocks up to 16 rows, {beyond} beyond"
         elif weights.quantized:

@@ -61,8 +61,7 @@ class WeightPlan:
         suffix = f"+amx-{native.kernel_id()}" if amx else f"+prefill-{native.kernel_id()}" if attention else ""
         if not self.quantized:
             return f"{self.format}/{suffix[1:]}" if suffix else self.format
-        layout = "-rows" if native.block_layout() == "rows" else ""     # slabs: the same bits on tiles or VNNI
-        kernels = f"vnni{layout}-{native.kernel_id()}" if self.kernels == "vnni" else "torch"
+        kernels = f"vnni-{native.kernel_id()}" if self.kernels == "vnni" else "torch"    # tiles or VNNI: same bits
         return f"{self.format}/{kernels}{suffix}"
 
 

@@ -28,16 +28,6 @@ def _reference_matmul(x: torch.Tensor, weights_dense: torch.Tensor) -> torch.Ten
     return (q * dx).view(num_rows, num_in) @ weights_dense.double().T
 
 
-@pytest.fixture(params=["rows", "slabs"])
-def layout(request, monkeypatch):
-    """Weights packed in each block layout: "slabs" (amx_qmatmul.c: tile products where AMX is, VNNI alone
-    elsewhere; what serves by default) and "rows" (qmatmul.c's VNNI kernels, SEGCACHE_BLOCK_LAYOUT=rows)."""
-    if request.param == "rows":
-        monkeypatch.setenv("SEGCACHE_BLOCK_LAYOUT", "rows")
-    assert native.block_layout() == request.param
-    return request.param
-
-
 def _random_q4(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
     generator = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 16, (num_out, num_in), generator=generator, dtype=torch.uint8)
@@ -54,9 +44,8 @@ def _random_q8(num_out: int, num_in: int, seed: int) -> native.BlockWeights:
 @pytest.mark.parametrize("kind", ["q4", "q8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_rows", [5, 13])          # slabs: with AMX 13 rows run on tiles, 5 without
-def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind, dtype, num_rows, layout):
+def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind, dtype, num_rows):
     weights = _random_q4(200, 576, 1) if kind == "q4" else _random_q8(200, 576, 1)    # 200: not whole groups of 16
-    assert weights.layout == layout
     x = torch.randn((num_rows, 576), generator=torch.Generator().manual_seed(2)).to(dtype)
     expected = _reference_matmul(x, weights.dequantize())
     got = weights.matmul(x)
@@ -67,7 +56,7 @@ def test_the_kernels_compute_quantized_activations_times_the_block_weights(kind,
 
 
 @pytest.mark.parametrize("kind", ["q4", "q8"])
-def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind, layout):
+def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind):
     weights = _random_q4(3072, 576, 3) if kind == "q4" else _random_q8(3072, 576, 3)
     dense = DenseLinear(weights.dequantize().bfloat16())
     linear = BlockLinear(weights, dense)
@@ -88,7 +77,6 @@ def test_every_row_gets_its_own_bits_whatever_the_batch_and_threads(kind, layout
 @pytest.mark.parametrize("kind", ["q4", "q8"])
 def test_the_slab_kernels_give_the_same_bits_on_tiles_and_on_vnni_alone(kind, monkeypatch):
     weights = _random_q4(200, 576, 6) if kind == "q4" else _random_q8(200, 576, 6)
-    assert weights.layout == "slabs"
     x = torch.randn((40, 576), generator=torch.Generator().manual_seed(7)).bfloat16()
     tiles = weights.matmul(x)
     monkeypatch.setenv("SEGCACHE_AMX", "off")
@@ -96,7 +84,7 @@ def test_the_slab_kernels_give_the_same_bits_on_tiles_and_on_vnni_alone(kind, mo
     assert torch.equal(weights.matmul(x), tiles)
 
 
-def test_inputs_that_are_not_whole_pairs_of_blocks_are_refused(layout):
+def test_inputs_that_are_not_whole_pairs_of_blocks_are_refused():
     weights = _random_q4(8, 128, 5)
     weights.num_in = 96
     with pytest.raises(RuntimeError, match="refused"):
@@ -108,7 +96,7 @@ def blocks(model_dir):
     return GgufBlocks(embedded_gguf_path())
 
 
-def test_the_gguf_q4_1_blocks_pack_exactly(blocks, layout):
+def test_the_gguf_q4_1_blocks_pack_exactly(blocks):
     import gguf
 
     reader = {t.name: t for t in gguf.GGUFReader(embedded_gguf_path()).tensors}
@@ -120,7 +108,7 @@ def test_the_gguf_q4_1_blocks_pack_exactly(blocks, layout):
         assert torch.equal(_pack_int4(blocks.int4(name)).dequantize(), expected)
 
 
-def test_the_q8_0_embedding_packs_exactly_as_the_output_layer(blocks, load, layout):
+def test_the_q8_0_embedding_packs_exactly_as_the_output_layer(blocks, load):
     embedding = load("default", "float32", "float32").model.model.embed_tokens.weight
     codes, scale = blocks.q8_0("token_embd.weight")
     assert torch.equal(native.pack_q8(codes, scale).dequantize(), embedding)
@@ -230,18 +218,17 @@ def test_a_fused_row_has_the_same_bits_in_any_batch_and_on_any_thread_count(int4
             assert torch.equal(state.cache[:, :, :, :positions[index] + 1], batched_kv[index])
 
 
-@pytest.mark.parametrize("setting", ["SEGCACHE_BLOCK_LAYOUT=rows", "SEGCACHE_AMX=off"])
-def test_the_fused_step_on_other_block_kernels_keeps_the_same_guarantees(setting, monkeypatch, int4_runner):
-    """The fused step on qmatmul.c's row layout (SEGCACHE_BLOCK_LAYOUT=rows), and on the slabs without tile
-    products (what a CPU without AMX runs): rows that keep their bits in any batch, and the greedy choice of the
-    default kernels up to their float rounding."""
+def test_the_fused_step_without_tile_products_keeps_the_same_guarantees(monkeypatch, int4_runner):
+    """The fused step on the slabs without tile products (SEGCACHE_AMX=off; what a CPU without AMX runs): rows
+    that keep their bits in any batch, and the greedy choice of the default kernels up to their float rounding
+    (with AMX, the attention's tile products round otherwise)."""
     from segcache.engine.fused_decode import first_variant_row
     from segcache.engine.model import load_model
     from segcache.engine.runner import Runner
 
-    monkeypatch.setenv(*setting.split("="))
+    monkeypatch.setenv("SEGCACHE_AMX", "off")
     runner = Runner(load_model("default", "bfloat16", weights="int4"), threads=2)
-    assert runner.lean.fused is not None and runner.lean.fused.model.slabs == (0 if "ROWS" in setting.upper() else 2)
+    assert runner.lean.fused is not None and runner.lean.fused.model.slabs == 2
     assert first_variant_row(runner.lean, 6) is None
     prompt = runner.loaded.tokenizer("The capital of France is a city called")["input_ids"]
     other_tokens, other_logits = _greedy(runner, prompt, 2)

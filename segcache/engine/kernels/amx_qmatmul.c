@@ -1,7 +1,7 @@
 /* Block-quantized matmuls on weights in slabs: y (M, N) = x (M, K) @ W (N, K)^T, W in blocks of 32 inputs, on
-   AMX integer tiles where the CPU has AMX-INT8, else on AVX512-VNNI alone (`amx` 0). The same products as
-   qmatmul.c's row-layout kernels (activations quantized per row and block of 32 to int8, x ~ dx * qx), with
-   each block's integer dot products summed whole before any float:
+   AMX integer tiles where the CPU has AMX-INT8, else on AVX512-VNNI alone (`amx` 0). The activations are
+   quantized per row and block of 32 to int8 (quantize.c, x ~ dx * qx), and each block's integer dot products
+   are summed whole before any float:
 
        Q4  y = sum_b  (dx_b dw_b) * sum_j q_j qx_j  +  m_b * (dx_b sum_j qx_j)        q in 0..15
        Q8  y = sum_b  (dx_b dw_b) * sum_j q_j qx_j                                    q in -127..127
@@ -17,10 +17,11 @@
      without it every row count (aq_rows_vnni);
    - with AMX from AQ_VNNI_ROWS + 1 rows, one tile product per block for 16 rows x 16 outputs x 32 inputs,
      then the scaling per row.
-   Measured on a Xeon with AMX (2 threads, a 3,072 x 576 projection): 16 rows 0.22 ms against 0.53 ms for
-   qmatmul.c's kernel, one row 0.046 ms against 0.080 ms; the 49,152 x 576 Q8 output layer at 16 rows 4.5 ms
-   against 13.1 ms. On a Zen 4 EPYC without AMX (VNNI alone), a layer's four projections and the output
-   layer: 16 rows 9.9 ms against 19.3 ms for 30 layers, one row 4.25 ms against 5.22 ms (docs/weights.md).
+   Measured against the kernels this file replaced (weights in GGUF's own row layout): on a Xeon with AMX
+   (2 threads, a 3,072 x 576 projection) 16 rows 0.22 ms against 0.53 ms, one row 0.046 ms against 0.080 ms; the
+   49,152 x 576 Q8 output layer at 16 rows 4.5 ms against 13.1 ms. On a Zen 4 EPYC without AMX (VNNI alone), a
+   layer's four projections and the output layer: 16 rows 9.9 ms against 19.3 ms for 30 layers, one row 4.25 ms
+   against 5.22 ms (docs/weights.md).
 
    Weights, packed once at load (engine/native.py `pack_q4`, `pack_q8`), per group of 16 outputs (N padded with zero
    outputs to a multiple of 16) and per block of 32 inputs, one record ("slab"):

@@ -18,7 +18,7 @@
    order), so a row decoded in a batch gets the bits it gets alone. One translation unit with the block kernels, whose static functions it reuses.
 */
 
-#include "qmatmul.c"
+#include "quantize.c"
 
 #include <omp.h>
 
@@ -34,15 +34,13 @@ typedef struct {
     int kv_bf16;                    /* KV buffers and logits: 1 = bfloat16, 0 = float32 */
     int block_attention;            /* attention on packed key blocks (attend_piece_amx; bfloat16 KV, head size 64):
                                        1 with AMX tile products, 2 with AVX512-BF16 vector products; 0: attend_piece */
-    int slabs;                      /* every projection in amx_qmatmul.c's slabs (codes only), 1: with tile products,
-                                       2: on VNNI alone (no AMX); 0: in qmatmul.c's rows */
+    int slabs;                      /* the projections, in amx_qmatmul.c's slabs (codes only): 1 with tile products,
+                                       2 on VNNI alone (no AMX) */
     const int64_t *input_norm;      /* per layer: address of (hidden,) float32 weights */
     const int64_t *post_norm;
-    const int64_t *qkv_codes, *qkv_scales, *o_codes, *o_scales;         /* per layer: addresses */
-    const int64_t *gate_up_codes, *gate_up_scales, *down_codes, *down_scales;
+    const int64_t *qkv_codes, *o_codes, *gate_up_codes, *down_codes;   /* per layer: addresses of slabs */
     const float *final_norm;
     const uint8_t *head_codes;
-    const uint16_t *head_scales;
     const float *cos_table, *sin_table;   /* (max_positions, head_dim); sin's first half negated */
 } Model;
 
@@ -518,34 +516,22 @@ static void attend_piece_amx(const Model *m, const float *qkv, int64_t qkv_n, co
     }
 }
 
-/* A step's quantized activations: Q4 or Q8 blocks per row, or for slabs int8 rows with per-block dx and xs,
-   for the widest input of the model; each thread's slab scratch. */
-typedef struct { Q4Act *q4; Q8Act *q8; float *dx; int8_t *qa; float *xs; int32_t *qs; AqScratch *aq; int slabs; } Acts;
+/* A step's quantized activations: int8 rows with per-block dx, xs and sums, for the widest input of the
+   model; each thread's slab scratch; `tiles`: the products on AMX tiles (Model.slabs 1). */
+typedef struct { float *dx; int8_t *qa; float *xs; int32_t *qs; AqScratch *aq; int tiles; } Acts;
 
-/* Row b of the activations (K inputs from `src`) for the projections' block kind. */
-static void prepare_row(int q8, const float *src, int64_t b, int64_t K, const Acts *a) {
-    if (a->slabs)
-        aq_quantize_row(src, 0, 0, K, a->qa + b * K, a->dx + b * (K / 32), a->xs + b * (K / 32), a->qs + b * (K / 32));
-    else if (q8)
-        quantize_row_q8(src, 0, 0, K, a->q8 + b * (K / 32), a->dx + b * (K / 32));
-    else
-        quantize_row_q4(src, 0, 0, K, a->q4 + b * (K / 64));
+/* Row b of the activations (K inputs from `src`). */
+static void prepare_row(const float *src, int64_t b, int64_t K, const Acts *a) {
+    aq_quantize_row(src, 0, 0, K, a->qa + b * K, a->dx + b * (K / 32), a->xs + b * (K / 32), a->qs + b * (K / 32));
 }
 
-/* Thread `part` of `parts`'s share of the outputs of y (B, N) = the prepared rows times the weights. */
-static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *codes, const uint16_t *scales,
-                    int part, int parts, void *y, int out_bf16, int64_t N) {
-    if (a->slabs) {
-        const int64_t groups = (N + AQ_OUT - 1) / AQ_OUT;
-        aq_rows(a->slabs == 1, q8, a->qa, a->dx, a->xs, a->qs, B, K, codes, chunk_start(groups, parts, part),
-                chunk_start(groups, parts, part + 1), N, y, out_bf16, a->aq + part);
-        return;
-    }
-    const int64_t n0 = chunk_start(N, parts, part), n1 = chunk_start(N, parts, part + 1);
-    if (q8)
-        q8_rows(a->q8, a->dx, B, K / 32, codes, scales, n0, n1, y, out_bf16, N);
-    else
-        q4_rows(a->q4, B, K / 64, codes, scales, n0, n1, y, out_bf16, N);
+/* Thread `part` of `parts`'s share of the outputs of y (B, N) = the prepared rows times the weights (Q8 slabs
+   where `q8`, else Q4). */
+static void project(int q8, const Acts *a, int64_t B, int64_t K, const uint8_t *codes, int part, int parts, void *y,
+                    int out_bf16, int64_t N) {
+    const int64_t groups = (N + AQ_OUT - 1) / AQ_OUT;
+    aq_rows(a->tiles, q8, a->qa, a->dx, a->xs, a->qs, B, K, codes, chunk_start(groups, parts, part),
+            chunk_start(groups, parts, part + 1), N, y, out_bf16, a->aq + part);
 }
 
 /* x (B, hidden) float32: the step's input embeddings, overwritten. caches: B addresses of (L, 2, H_kv,
@@ -563,7 +549,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     const int64_t C = m->hidden, I = m->inter, D = m->head_dim, H = m->heads, Hkv = m->kv_heads;
     const int64_t qkv_n = (H + 2 * Hkv) * D;
     if (C % 64 || I % 64 || D % 16 || D > 128 || (H * D) % 64 || H % Hkv || H / Hkv > MAX_GROUP || B <= 0
-        || (m->block_attention && (!m->kv_bf16 || D != ATT_DIM)))
+        || (m->block_attention && (!m->kv_bf16 || D != ATT_DIM)) || (m->slabs != 1 && m->slabs != 2))
         return -1;
     for (int64_t b = 0; b < B; b++)
         if (positions[b] >= capacities[b] || positions[b] >= m->max_positions || positions[b] < 0)
@@ -618,11 +604,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
     float *gu = aligned_alloc(64, (size_t)(B * 2 * I) * sizeof(float));
     float *tmp = aligned_alloc(64, (size_t)(B * C) * sizeof(float));
     int64_t widest = (I > H * D ? I : H * D) > C ? (I > H * D ? I : H * D) : C;
-    Acts acts = {aligned_alloc(64, (size_t)(B * widest / 64) * sizeof(Q4Act)),
-                 aligned_alloc(64, (size_t)(B * widest / 32) * sizeof(Q8Act)),
-                 malloc((size_t)(B * widest / 32) * sizeof(float)), aligned_alloc(64, (size_t)(B * widest + 64)),
+    Acts acts = {malloc((size_t)(B * widest / 32) * sizeof(float)), aligned_alloc(64, (size_t)(B * widest + 64)),
                  malloc((size_t)(B * widest / 32) * sizeof(float)), malloc((size_t)(B * widest / 32) * sizeof(int32_t)),
-                 aligned_alloc(64, (size_t)threads * sizeof(AqScratch)), m->slabs};
+                 aligned_alloc(64, (size_t)threads * sizeof(AqScratch)), m->slabs == 1};
     float *scores = malloc((size_t)(threads * group * PIECE) * sizeof(float));
     int64_t most_pieces = 0;                      /* the AMX attention's items: (KV head, piece) */
     for (int64_t b = 0; b < B; b++)
@@ -639,7 +623,7 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
         amx_ok &= amx[t].rows && amx[t].q && amx[t].keys && amx[t].values && amx[t].kt && amx[t].vt && amx[t].source
                   && amx[t].packed && amx[t].done;
     }
-    int ok = h && qkv && attn && gu && tmp && acts.q4 && acts.q8 && acts.dx && acts.qa && acts.xs && acts.qs && acts.aq && scores
+    int ok = h && qkv && attn && gu && tmp && acts.dx && acts.qa && acts.xs && acts.qs && acts.aq && scores
              && item_start && partials && amx_ok;
     const int q8 = m->layers_q8;
     if (ok) {
@@ -653,10 +637,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     rms_norm_row(x + b * C, AT(m->input_norm, l, float), h + b * C, C, m->eps);
-                    prepare_row(q8, h + b * C, b, C, &acts);
+                    prepare_row(h + b * C, b, C, &acts);
                 }
-                project(q8, &acts, B, C, AT(m->qkv_codes, l, uint8_t), AT(m->qkv_scales, l, uint16_t),
-                        me, parts, qkv, 0, qkv_n);
+                project(q8, &acts, B, C, AT(m->qkv_codes, l, uint8_t), me, parts, qkv, 0, qkv_n);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
@@ -699,19 +682,17 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                 }
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++)
-                    prepare_row(q8, attn + b * H * D, b, H * D, &acts);
-                project(q8, &acts, B, H * D, AT(m->o_codes, l, uint8_t), AT(m->o_scales, l, uint16_t),
-                        me, parts, tmp, 0, C);
+                    prepare_row(attn + b * H * D, b, H * D, &acts);
+                project(q8, &acts, B, H * D, AT(m->o_codes, l, uint8_t), me, parts, tmp, 0, C);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     for (int64_t i = 0; i < C; i++)
                         x[b * C + i] += tmp[b * C + i];
                     rms_norm_row(x + b * C, AT(m->post_norm, l, float), h + b * C, C, m->eps);
-                    prepare_row(q8, h + b * C, b, C, &acts);
+                    prepare_row(h + b * C, b, C, &acts);
                 }
-                project(q8, &acts, B, C, AT(m->gate_up_codes, l, uint8_t), AT(m->gate_up_scales, l, uint16_t),
-                        me, parts, gu, 0, 2 * I);
+                project(q8, &acts, B, C, AT(m->gate_up_codes, l, uint8_t), me, parts, gu, 0, 2 * I);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
@@ -719,10 +700,9 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
                     for (int64_t i = 0; i < I; i += 16) {
                         _mm512_storeu_ps(gate + i, _mm512_mul_ps(silu16(_mm512_loadu_ps(gate + i)), _mm512_loadu_ps(up + i)));
                     }
-                    prepare_row(q8, gate, b, I, &acts);
+                    prepare_row(gate, b, I, &acts);
                 }
-                project(q8, &acts, B, I, AT(m->down_codes, l, uint8_t), AT(m->down_scales, l, uint16_t),
-                        me, parts, tmp, 0, C);
+                project(q8, &acts, B, I, AT(m->down_codes, l, uint8_t), me, parts, tmp, 0, C);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++)
@@ -732,15 +712,14 @@ int segcache_decode_step(const Model *m, float *x, int64_t B, const int64_t *cac
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
                 rms_norm_row(x + b * C, m->final_norm, h + b * C, C, m->eps);
-                prepare_row(m->head_q8, h + b * C, b, C, &acts);
+                prepare_row(h + b * C, b, C, &acts);
             }
-            project(m->head_q8, &acts, B, C, m->head_codes, m->head_scales, me, parts, logits,
-                    m->kv_bf16, m->vocab);
+            project(m->head_q8, &acts, B, C, m->head_codes, me, parts, logits, m->kv_bf16, m->vocab);
             if (m->block_attention == 1 || m->slabs == 1)
                 _tile_release();
         }
     }
-    free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.q4); free(acts.q8); free(acts.dx); free(acts.qa);
+    free(h); free(qkv); free(attn); free(gu); free(tmp); free(acts.dx); free(acts.qa);
     free(acts.xs); free(acts.qs); free(acts.aq); free(scores);
     free(table); free(first); free(item_start); free(partials);
     for (int t = 0; amx && t < threads; t++) {
