@@ -119,22 +119,23 @@ def run_clients(spec: peers.SystemSpec, workload: Workload, num_clients: int, op
             started = time.perf_counter()
             per_agent = list(pool.map(lambda i: _agent(spec, workload, client, model_id, i), range(num_clients)))
             wall_s = time.perf_counter() - started
-        decode = _decode_work(server.base_url) if spec.usage_format == "segcache" else None
+        steps, *decode = _decode_work(server.base_url) if spec.usage_format == "segcache" else (None, None, None)
     finally:
         server.stop()
     requests = [r for agent in per_agent for r in agent]
-    return concurrent_report.ConcurrentRun(spec.name, num_clients, wall_s, memory.peak_bytes, tuple(requests), decode)
+    return concurrent_report.ConcurrentRun(spec.name, num_clients, wall_s, memory.peak_bytes, tuple(requests),
+                                           None if steps is None else tuple(decode), decode_steps=steps)
 
 
-def _decode_work(base_url: str) -> tuple[float, float]:
-    """(rows, seconds) of segcache's decode forwards, from its /metrics."""
+def _decode_work(base_url: str) -> tuple[float, float, float]:
+    """(steps, rows, seconds) of segcache's decode forwards, from its /metrics."""
     text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
     figures = {}
     for line in text.splitlines():
         if line.startswith("segcache_decode_work{"):
             name = line.split('figure="', 1)[1].split('"', 1)[0]
             figures[name] = float(line.rsplit(" ", 1)[1])
-    return figures["rows"], figures["seconds"]
+    return figures["steps"], figures["rows"], figures["seconds"]
 
 
 def _agent(spec: peers.SystemSpec, workload: Workload, client: OpenAI, model_id: str,

@@ -31,6 +31,7 @@ class ConcurrentRun:
     requests: tuple[Timed, ...]
     decode_work: tuple[float, float] | None = None   # segcache's own (rows, seconds) of decode forwards
     round: int = 0
+    decode_steps: float | None = None                # segcache's decode steps (rows / steps: the mean batch)
 
     @property
     def tokens_per_s(self) -> float:
@@ -42,6 +43,14 @@ class ConcurrentRun:
         if self.decode_work is None or not self.decode_work[1]:
             return None
         return self.decode_work[0] / self.decode_work[1]
+
+    @property
+    def rows_per_step(self) -> float | None:
+        """Sequences per decode step, on average: how full the batches were (with batching off, how many
+        streams each step advanced one after another)."""
+        if self.decode_work is None or not self.decode_steps:
+            return None
+        return self.decode_work[0] / self.decode_steps
 
     def ttft(self, percentile: float) -> float:
         return float(np.percentile([r.ttft_s for r in self.requests], percentile))
@@ -57,16 +66,17 @@ def one_line(run: ConcurrentRun) -> str:
 
 def table(runs: list[ConcurrentRun]) -> str:
     """A row per system and client count: its median-wall run, the wall's range over rounds beside it."""
-    lines = ["| system | clients | requests | wall s | output tok/s | decode tok/s | TTFT p50 s | TTFT p90 s "
-             "| latency p50 s | latency p99 s | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| system | clients | requests | wall s | output tok/s | decode tok/s | decode rows/step | TTFT p50 s "
+             "| TTFT p90 s | latency p50 s | latency p99 s | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for group in _groups(runs).values():
         r = _median_run(group)
         walls = [g.wall_s for g in group]
         wall = f"{r.wall_s:.1f}" + (f" ({min(walls):.1f}-{max(walls):.1f})" if len(group) > 1 else "")
         decode = f"{r.decode_tokens_per_s:.1f}" if r.decode_tokens_per_s is not None else "-"
+        per_step = f"{r.rows_per_step:.1f}" if r.rows_per_step is not None else "-"
         lines.append(f"| {r.system} | {r.num_clients} | {len(r.requests)} | {wall} | {r.tokens_per_s:.1f} "
-                     f"| {decode} "
+                     f"| {decode} | {per_step} "
                      f"| {r.ttft(50):.2f} | {r.ttft(90):.2f} | {r.latency(50):.2f} | {r.latency(99):.2f} "
                      f"| {r.peak_rss_bytes / _MIB:.0f} |")
     return "\n".join(lines)

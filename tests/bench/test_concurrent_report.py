@@ -23,7 +23,14 @@ def test_decode_throughput_is_rows_over_decode_seconds_and_compared_when_both_ra
     off = ConcurrentRun("segcache-batching-off", 8, 40.0, 1, (Timed(4.0, 8.0, 32),) * 8, decode_work=(248.0, 8.0))
     assert ours.decode_tokens_per_s == 124.0
     assert "decode tok/s 4.00x; " in ratios([ours, off], "segcache", "segcache-batching-off")[0]
-    assert "| 124.0 |" in table([ours]) and "| - |" in table([run("llamacpp-cache", 8, 10.0, 1.0)])
+    assert "| 124.0 | - |" in table([ours]) and "| - | - |" in table([run("llamacpp-cache", 8, 10.0, 1.0)])
+
+
+def test_rows_per_step_is_the_mean_decode_batch():
+    ours = ConcurrentRun("segcache", 8, 10.0, 1, (Timed(1.0, 2.0, 32),) * 8, decode_work=(248.0, 2.0),
+                         decode_steps=40.0)
+    assert ours.rows_per_step == 6.2
+    assert "| 124.0 | 6.2 |" in table([ours])
 
 
 def test_rounds_report_each_systems_median_run_and_the_median_of_per_round_ratios():
