@@ -155,6 +155,13 @@ class Engine:
                                          f"{merges.small_limit} tokens share their quantized projections' calls "
                                          "(start-up check: each row's bits of a call of its own)",
                                          self.spans.idle_tokens)
+            most = max(config.block_tokens, self.spans.span_tokens, self.spans.idle_tokens)
+            merges = None if runner.linears_merge(config.block_tokens) else \
+                runner.check_dense_merges(config.block_tokens, most)
+            if merges is not None and merges.dense:
+                self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the blocks on the dense "
+                                         f"weight share one call per linear, up to {merges.dense_limit} tokens "
+                                         "(start-up check: a row's bits in calls of any size)", self.spans.idle_tokens)
         self.executor = Executor(self.loaded, self.cache, replace(
             config, threads=torch.get_num_threads(), prefill_span_tokens=self.spans.span_tokens,
             idle_prefill_span_tokens=max(self.spans.idle_tokens, self.spans.span_tokens)), runner)

@@ -96,6 +96,12 @@ def _pack(weight: torch.Tensor) -> torch.Tensor | None:
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 64)
 
 
+def dense_rows_from(linear) -> int:
+    """The fewest rows a call of `linear` computes on its dense weight: past the integer kernel's rows for a
+    quantized linear, any count for a dense one."""
+    return KERNEL_MAX_ROWS + 1 if isinstance(linear, _QuantizedLinear) else 1
+
+
 class _QuantizedLinear:
     """Integer kernel for up to KERNEL_MAX_ROWS rows, the dense weight beyond."""
 

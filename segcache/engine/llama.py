@@ -365,7 +365,9 @@ class _Span:
 
     def _calls(self, linear) -> list[list[tuple[int, int]]]:
         """The linear's calls, each a list of (offset, rows) pieces of the span that it computes together:
-        - every block on a kernel whose rows never depend on the call (`mergeable`: the AMX kernel), in one;
+        - every block on a kernel whose rows never depend on the call (`mergeable`: the AMX kernel; or the dense
+          weight where the start-up check found its rows' bits the same in calls of any size, `merges.dense_from`
+          rows and more, up to `merges.dense_limit` rows in all), in one;
         - blocks of at most `merges.small_rows(linear)` rows on the quantized kernel whose rows the start-up
           check found independent of the call, gathered into calls of up to that many rows (a block's rows
           may fall into two calls);
@@ -373,10 +375,13 @@ class _Span:
         calls, anywhere, small, offset, index = [], [], [], 0, 0
         mergeable = getattr(linear, "mergeable", None)
         small_rows = self.merges.small_rows(linear) if self.merges is not None else 0
+        dense_from = self.merges.dense_from(linear) if self.merges is not None else 0
+        dense_room = self.merges.dense_limit if dense_from else 0
         while index < len(self.sizes):
             size = self.sizes[index]
-            if mergeable is not None and mergeable(size):
+            if (mergeable is not None and mergeable(size)) or (dense_from and dense_from <= size <= dense_room):
                 anywhere.append((offset, size))
+                dense_room -= size if dense_from else 0
                 offset, index = offset + size, index + 1
                 continue
             if size <= small_rows:

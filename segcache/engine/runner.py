@@ -304,6 +304,34 @@ class Runner:
             self.span_merges = self._with_small(self.span_merges, block_tokens, self.loaded.prepared[key])
         return self.span_merges
 
+    @torch.inference_mode()
+    def check_dense_merges(self, block_tokens: int, span_tokens: int) -> SpanMerges | None:
+        """The start-up check of engine/span_merges.py `check_dense` on this runner's projections and threads, for
+        forwards of up to span_tokens rows: where it passes, and the span check then still finds every block's own
+        bits, a span's blocks on the dense weight share one call per linear. Returns the span merges in force
+        (None: none). Run once per loaded model, thread count, block size and span (about a second)."""
+        if self.lean is None or span_tokens <= block_tokens:
+            return self.span_merges
+        key = f"dense merges {self.threads} {block_tokens} {span_tokens}"
+        if key not in self.loaded.prepared:
+            layer = self.lean.layers[0]
+            dense = span_merges.check_dense([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj], block_tokens,
+                                            span_tokens, self._use_threads, self.lean.dtype)
+            if dense:
+                before = self.span_merges
+                self.span_merges = self._with_dense(before, block_tokens, dense, span_tokens)
+                if not self.spans_agree((block_tokens, 5, 40, block_tokens, 3, 100, 17)):
+                    dense = frozenset()
+                self.span_merges = before
+            self.loaded.prepared[key] = dense
+        if self.loaded.prepared[key]:
+            self.span_merges = self._with_dense(self.span_merges, block_tokens, self.loaded.prepared[key], span_tokens)
+        return self.span_merges
+
+    @staticmethod
+    def _with_dense(merges: SpanMerges | None, block_tokens: int, dense: frozenset, span_tokens: int) -> SpanMerges:
+        return replace(merges or SpanMerges(block_tokens, frozenset(), 0), dense=dense, dense_limit=span_tokens)
+
     @staticmethod
     def _with_small(merges: SpanMerges | None, block_tokens: int, small: frozenset) -> SpanMerges:
         return replace(merges or SpanMerges(block_tokens, frozenset(), 0), small=small, small_limit=KERNEL_MAX_ROWS)
