@@ -128,7 +128,7 @@ def check_dense(linears, block_tokens: int, most_rows: int, use_threads: Callabl
             x = torch.randn((most_rows, linear.in_features), generator=generator).to(dtype)
             use_threads(most_rows)
             whole = dense(x)
-            step = max(1, (most_rows - block_tokens) // 16)
+            step = max(8, (most_rows - block_tokens) // 24)
             sizes = [*range(dense_rows_from(linear), block_tokens + 1), *range(block_tokens + 1, most_rows, step)]
             if all(_agrees(dense, x, whole, size, start, use_threads)
                    for size in sizes for start in (0, most_rows - size)):
