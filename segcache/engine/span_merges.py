@@ -11,8 +11,8 @@ groups its blocks differently, still computes what an uncached run did.
 
 Where the dense weight's library kernel gives a row the same bits in a call of any size (`check_dense`: oneDNN's
 bfloat16 matmul on the Zen 4 EPYC CI runs on), every block it computes joins one call per linear, whatever the
-blocks' sizes: a load-like forward of five prompts' blocks (128 + 101, 85, 40, 128 + 128 + 37 and 60 rows)
-took 0.90x the time of its calls per block, with the same bits.
+blocks' sizes: a forward of seven short prompts' blocks (85, 40, 93, 35, 81, 50 and 9 rows) took 0.88x the time
+of its calls per block and runs, with the same bits.
 """
 
 from __future__ import annotations
