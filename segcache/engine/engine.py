@@ -138,7 +138,8 @@ class Engine:
         self.kernel_paths = runner.kernel_paths()
         self.batching: BatchingVerdict = _batching_verdict(config, runner)
         self.spans = _check_spans(runner, config.prefill_span_tokens)
-        if self.spans.span_tokens and runner.linears_merge(config.block_tokens):
+        merge_anywhere = runner.linears_merge(config.block_tokens)    # AMX: no check needed
+        if self.spans.span_tokens and merge_anywhere:
             what = "linears and attention" if runner.lean.native_prefill else "linears"
             idle = max(config.idle_prefill_span_tokens, self.spans.span_tokens)
             self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the {what} run over the whole "
@@ -156,8 +157,7 @@ class Engine:
                                          "(start-up check: each row's bits of a call of its own)",
                                          self.spans.idle_tokens)
             most = max(config.block_tokens, self.spans.span_tokens, self.spans.idle_tokens)
-            merges = None if runner.linears_merge(config.block_tokens) else \
-                runner.check_dense_merges(config.block_tokens, most)
+            merges = None if merge_anywhere else runner.check_dense_merges(config.block_tokens, most)
             if merges is not None and merges.dense:
                 self.spans = SpanVerdict(self.spans.span_tokens, f"{self.spans.reason}; the blocks on the dense "
                                          f"weight share one call per linear, up to {merges.dense_limit} tokens "

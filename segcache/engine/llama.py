@@ -381,7 +381,7 @@ class _Span:
             size = self.sizes[index]
             if (mergeable is not None and mergeable(size)) or (dense_from and dense_from <= size <= dense_room):
                 anywhere.append((offset, size))
-                dense_room -= size if dense_from else 0
+                dense_room -= size
                 offset, index = offset + size, index + 1
                 continue
             if size <= small_rows:

@@ -258,11 +258,12 @@ class Runner:
     def linears_merge(self, block_tokens: int) -> bool:
         """Whether a span's linears run over all its blocks in one call with no check (a kernel whose row bits
         never depend on the call: engine/kernels/amx.c)."""
-        if self.lean is None:
-            return False
+        return self.lean is not None and all(linear.mergeable(block_tokens) for linear in self._projections())
+
+    def _projections(self) -> list:
+        """One layer's projections: every layer has the same shapes, which is what the merge checks try."""
         layer = self.lean.layers[0]
-        return all(linear.mergeable(block_tokens) for linear in (layer.qkv, layer.o_proj, layer.gate_up,
-                                                                  layer.down_proj))
+        return [layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj]
 
     @torch.inference_mode()
     def check_span_merges(self, block_tokens: int, span_tokens: int) -> SpanMerges | None:
@@ -270,9 +271,8 @@ class Runner:
         check again with runs of whole blocks in it; None (no merging) where either finds a differing bit."""
         if self.lean is None or span_tokens < 2 * block_tokens:
             return None
-        layer = self.lean.layers[0]
-        merges = span_merges.check([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj], block_tokens,
-                                   span_tokens // block_tokens, self._use_threads, self.lean.dtype)
+        merges = span_merges.check(self._projections(), block_tokens, span_tokens // block_tokens, self._use_threads,
+                                   self.lean.dtype)
         if not merges.allowed:
             return merges
         self.span_merges = merges
@@ -288,21 +288,12 @@ class Runner:
         loaded model, thread count and block size (about a second)."""
         if self.lean is None:
             return self.span_merges
-        key = f"small merges {self.threads} {block_tokens}"
-        if key not in self.loaded.prepared:
-            layer = self.lean.layers[0]
-            small = span_merges.check_small([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj],
-                                            KERNEL_MAX_ROWS, self._use_threads)
-            if small:
-                before = self.span_merges
-                self.span_merges = self._with_small(before, block_tokens, small)
-                if not self.spans_agree((block_tokens, 5, block_tokens, 3, 9, block_tokens, 16)):
-                    small = frozenset()
-                self.span_merges = before
-            self.loaded.prepared[key] = small
-        if self.loaded.prepared[key]:
-            self.span_merges = self._with_small(self.span_merges, block_tokens, self.loaded.prepared[key])
-        return self.span_merges
+        return self._adopt_merges(
+            f"small merges {self.threads} {block_tokens}",
+            lambda: span_merges.check_small(self._projections(), KERNEL_MAX_ROWS, self._use_threads),
+            lambda merges, small: replace(merges or SpanMerges(block_tokens, frozenset(), 0), small=small,
+                                          small_limit=KERNEL_MAX_ROWS),
+            (block_tokens, 5, block_tokens, 3, 9, block_tokens, 16))
 
     @torch.inference_mode()
     def check_dense_merges(self, block_tokens: int, span_tokens: int) -> SpanMerges | None:
@@ -312,29 +303,30 @@ class Runner:
         (None: none). Run once per loaded model, thread count, block size and span (about a second)."""
         if self.lean is None or span_tokens <= block_tokens:
             return self.span_merges
-        key = f"dense merges {self.threads} {block_tokens} {span_tokens}"
+        return self._adopt_merges(
+            f"dense merges {self.threads} {block_tokens} {span_tokens}",
+            lambda: span_merges.check_dense(self._projections(), block_tokens, span_tokens, self._use_threads,
+                                            self.lean.dtype),
+            lambda merges, dense: replace(merges or SpanMerges(block_tokens, frozenset(), 0), dense=dense,
+                                          dense_limit=span_tokens),
+            (block_tokens, 5, 40, block_tokens, 3, 100, 17))
+
+    def _adopt_merges(self, key: str, check, extend, blocks: tuple[int, ...]) -> SpanMerges | None:
+        """A merge check run once per loaded model under `key`: `check()` finds the projection shapes whose calls
+        may merge, kept only if the span check over `blocks` then still finds every block's own bits;
+        `extend(merges, shapes)` adds them to the span merges. Returns the span merges in force."""
         if key not in self.loaded.prepared:
-            layer = self.lean.layers[0]
-            dense = span_merges.check_dense([layer.qkv, layer.o_proj, layer.gate_up, layer.down_proj], block_tokens,
-                                            span_tokens, self._use_threads, self.lean.dtype)
-            if dense:
+            shapes = check()
+            if shapes:
                 before = self.span_merges
-                self.span_merges = self._with_dense(before, block_tokens, dense, span_tokens)
-                if not self.spans_agree((block_tokens, 5, 40, block_tokens, 3, 100, 17)):
-                    dense = frozenset()
+                self.span_merges = extend(before, shapes)
+                if not self.spans_agree(blocks):
+                    shapes = frozenset()
                 self.span_merges = before
-            self.loaded.prepared[key] = dense
+            self.loaded.prepared[key] = shapes
         if self.loaded.prepared[key]:
-            self.span_merges = self._with_dense(self.span_merges, block_tokens, self.loaded.prepared[key], span_tokens)
+            self.span_merges = extend(self.span_merges, self.loaded.prepared[key])
         return self.span_merges
-
-    @staticmethod
-    def _with_dense(merges: SpanMerges | None, block_tokens: int, dense: frozenset, span_tokens: int) -> SpanMerges:
-        return replace(merges or SpanMerges(block_tokens, frozenset(), 0), dense=dense, dense_limit=span_tokens)
-
-    @staticmethod
-    def _with_small(merges: SpanMerges | None, block_tokens: int, small: frozenset) -> SpanMerges:
-        return replace(merges or SpanMerges(block_tokens, frozenset(), 0), small=small, small_limit=KERNEL_MAX_ROWS)
 
     def part_kv(self, state: PrefillState, start: int, end: int | None = None) -> torch.Tensor:
         """A copy of the KV of positions start..end (default num_tokens: the part just prefilled), (L, 2, H, T, D)."""

@@ -116,12 +116,14 @@ def check_dense(linears, block_tokens: int, most_rows: int, use_threads: Callabl
     linear computes on its dense weight to block_tokens) and of sizes spread over the rest (what a forward's
     blocks add up to), each at the first and the last rows, each on the threads a forward of its rows runs on.
     For those, a span's blocks on the dense weight share one call in any grouping (llama.py `_Span`)."""
+    if most_rows <= block_tokens:
+        return frozenset()
     generator = torch.Generator().manual_seed(seed)
     agree, seen = set(), set()
     with torch.inference_mode():
         for linear in linears:
             key = shape_key(linear)
-            if key in seen or most_rows <= block_tokens:
+            if key in seen:
                 continue
             seen.add(key)
             dense = getattr(linear, "dense", linear)
