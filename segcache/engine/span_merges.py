@@ -68,17 +68,21 @@ class SpanMerges:
             " (start-up check: the bits of one call per block)"
 
 
+def _by_shape(linears) -> list[tuple[tuple, object]]:
+    """Each distinct projection shape once: (its shape_key, the first linear of that shape)."""
+    first: dict[tuple, object] = {}
+    for linear in linears:
+        first.setdefault(shape_key(linear), linear)
+    return list(first.items())
+
+
 def check(linears, block_tokens: int, max_count: int, use_threads: Callable[[int], None], dtype: torch.dtype,
           seed: int = 0) -> SpanMerges:
     """Try every run length 2..max_count of `block_tokens`-row blocks on each distinct projection shape."""
     generator = torch.Generator().manual_seed(seed)
-    allowed, seen = set(), set()
+    allowed, shapes = set(), _by_shape(linears)
     with torch.inference_mode():
-        for linear in linears:
-            key = shape_key(linear)
-            if key in seen:
-                continue
-            seen.add(key)
+        for key, linear in shapes:
             for count in range(2, max_count + 1):
                 rows = count * block_tokens
                 x = torch.randn((rows, linear.in_features), generator=generator).to(dtype)
@@ -87,7 +91,7 @@ def check(linears, block_tokens: int, max_count: int, use_threads: Callable[[int
                 use_threads(rows)
                 if torch.equal(linear(x), per_block):
                     allowed.add((key, count))
-    return SpanMerges(block_tokens, frozenset(allowed), len(seen))
+    return SpanMerges(block_tokens, frozenset(allowed), len(shapes))
 
 
 def check_small(linears, most_rows: int, use_threads: Callable[[int], None], seed: int = 0) -> frozenset[tuple]:
@@ -97,13 +101,11 @@ def check_small(linears, most_rows: int, use_threads: Callable[[int], None], see
     in any grouping (a block's rows included): every row keeps its own bits. The quantized kernels serve short
     forwards (engine/linear.py), so a span of long blocks with a few short ones (a role header, a short
     message) otherwise reads all the quantized weights once more per short block."""
-    agree, seen = set(), set()
+    agree = set()
     with torch.inference_mode():
-        for linear in linears:
-            key = shape_key(linear)
-            if key in seen or not hasattr(linear, "kernel"):
+        for key, linear in _by_shape(linears):
+            if not hasattr(linear, "kernel"):
                 continue
-            seen.add(key)
             if is_row_invariant(linear, range(1, most_rows + 1), seed, use_threads, reordered=True):
                 agree.add(key)
     return frozenset(agree)
@@ -119,13 +121,9 @@ def check_dense(linears, block_tokens: int, most_rows: int, use_threads: Callabl
     if most_rows <= block_tokens:
         return frozenset()
     generator = torch.Generator().manual_seed(seed)
-    agree, seen = set(), set()
+    agree = set()
     with torch.inference_mode():
-        for linear in linears:
-            key = shape_key(linear)
-            if key in seen:
-                continue
-            seen.add(key)
+        for key, linear in _by_shape(linears):
             dense = getattr(linear, "dense", linear)
             x = torch.randn((most_rows, linear.in_features), generator=generator).to(dtype)
             use_threads(most_rows)
